@@ -1,0 +1,106 @@
+"""A student-only exponential moving average (SPEC.md §3.6: decay 0.99).
+
+Lightning's ``EMAWeightAveraging`` deep-copies the whole LightningModule (teacher and critic
+too), updates on critic steps as well and does not support sharding (NOTES.md). This one keeps
+a shadow copy of the student's parameters only, updates once per student optimizer step, and
+works on sharded (DTensor) parameters because every operation is elementwise.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from torch import Tensor
+from typing_extensions import override
+
+
+class StudentEMA(Callback):
+    """EMA of the student's weights: ``ema <- decay * ema + (1 - decay) * student`` after each student step.
+
+    Args:
+        decay: EMA decay per student step.
+        start_step: student steps before the EMA starts tracking (it copies the weights at that step).
+
+    Example::
+
+        trainer:
+          callbacks:
+            - class_path: streamr1.callbacks.ema.StudentEMA
+              init_args: {decay: 0.99, start_step: 0}
+
+    .. code-block:: python
+
+        ema = StudentEMA(decay=0.99)
+        trainer = Trainer(callbacks=[ema]); trainer.fit(module)
+        with ema.swapped(module.student): module.sample(["a red ball"])
+    """
+
+    def __init__(self, decay: float = 0.99, start_step: int = 0) -> None:
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"EMA decay must be in [0, 1), got {decay}.")
+        self.decay, self.start_step = decay, start_step
+        # name -> shadow tensor; empty until start_step. Kept off the module so DDP/FSDP never see it.
+        self.shadow: dict[str, Tensor] = {}
+        self._last_student_step = -1
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(decay=self.decay, start_step=self.start_step)
+
+    @torch.no_grad()
+    def update(self, student: torch.nn.Module) -> None:
+        """One EMA update from the student's current weights (copy at the first call)."""
+        params = dict(student.named_parameters())
+        if not self.shadow:
+            self.shadow = {k: p.detach().clone() for k, p in params.items()}
+            return
+        for k, p in params.items():
+            self.shadow[k].lerp_(p.detach().to(self.shadow[k].dtype), 1.0 - self.decay)
+
+    @override
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        step = int(getattr(pl_module, "student_steps", 0))
+        if step != self._last_student_step and step > self.start_step:
+            self.update(pl_module.student)
+        self._last_student_step = step
+
+    @contextmanager
+    def swapped(self, student: torch.nn.Module):
+        """Temporarily load the EMA weights into ``student`` (e.g. for sampling or export)."""
+        if not self.shadow:
+            yield student
+            return
+        params = dict(student.named_parameters())
+        backup = {k: p.detach().clone() for k, p in params.items()}
+        with torch.no_grad():
+            for k, p in params.items():
+                p.copy_(self.shadow[k])
+        try:
+            yield student
+        finally:
+            with torch.no_grad():
+                for k, p in params.items():
+                    p.copy_(backup[k])
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {"shadow": {k: v.detach().cpu() if not hasattr(v, "full_tensor") else v for k, v in self.shadow.items()},
+                "last_student_step": self._last_student_step}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.shadow = dict(state_dict.get("shadow", {}))
+        self._last_student_step = int(state_dict.get("last_student_step", -1))
+
+    @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        params = dict(pl_module.student.named_parameters())
+        for k, v in list(self.shadow.items()):
+            if k not in params or params[k].shape != v.shape:
+                raise ValueError(f"EMA state does not match the student (parameter {k!r}): resume with the same recipe.")
+            self.shadow[k] = v.to(params[k].device)

@@ -1,0 +1,63 @@
+"""Writes ``streamr1 predict`` outputs as mp4 files and reports the generation speed."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import BasePredictionWriter
+from typing_extensions import override
+
+
+def _slug(text: str, n: int = 48) -> str:
+    keep = "".join(ch if ch.isalnum() else "_" for ch in text.lower())
+    return "_".join(filter(None, keep.split("_")))[:n] or "video"
+
+
+class VideoWriter(BasePredictionWriter):
+    """Saves each predicted video as ``{output_dir}/{index:05d}_{prompt}.mp4`` and a ``speed.json`` summary.
+
+    Args:
+        output_dir: folder for the videos.
+        fps: frame rate written into the files.
+
+    Example::
+
+        streamr1 predict --config configs/quickstart.yaml --ckpt_path last.ckpt \\
+            --trainer.callbacks+=streamr1.callbacks.video_writer.VideoWriter --trainer.callbacks.output_dir videos
+    """
+
+    def __init__(self, output_dir: str = "videos", fps: int = 8) -> None:
+        super().__init__(write_interval="batch")
+        self.output_dir, self.fps = output_dir, fps
+        self.frames = 0
+        self.seconds = 0.0
+        self.paths: list[str] = []
+
+    @override
+    def write_on_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, prediction: Any,
+                           batch_indices: Sequence[int] | None, batch: Any, batch_idx: int, dataloader_idx: int) -> None:
+        from streamr1.data.videos import write_video
+
+        os.makedirs(self.output_dir, exist_ok=True)
+        video, prompts = prediction["video"], prediction["prompts"]
+        index = prediction.get("index")
+        for i, prompt in enumerate(prompts):
+            n = int(index[i]) if index is not None else len(self.paths)
+            path = os.path.join(self.output_dir, f"{n:05d}_r{trainer.global_rank}_{_slug(prompt)}.mp4")
+            write_video(path, video[i], fps=self.fps)
+            self.paths.append(path)
+        self.frames += video.shape[0] * video.shape[1]
+        self.seconds += float(prediction["seconds"])
+
+    @override
+    def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        fps = self.frames / max(self.seconds, 1e-9)
+        summary = {"videos": len(self.paths), "frames": self.frames, "seconds": self.seconds, "frames_per_second": fps}
+        with open(os.path.join(self.output_dir, f"speed_r{trainer.global_rank}.json"), "w") as fh:
+            json.dump(summary, fh, indent=2)
+        print(f"[streamr1] wrote {len(self.paths)} videos to {self.output_dir}: {fps:.1f} frames/s "
+              f"({self.frames} frames in {self.seconds:.2f} s, chunk by chunk through the KV cache)")

@@ -1,0 +1,405 @@
+"""The DMD distillation LightningModule (SPEC.md §2-3; DESIGN.md "The shape").
+
+A causal student rolls out a video chunk by chunk (self-forcing), a frozen teacher with
+classifier-free guidance and a trained critic give the DMD gradient, and the student and the
+critic take turns under manual optimization. The module knows nothing about rewards: on a
+student turn it builds a :class:`~streamr1.callbacks.base.RolloutContext` and lets every
+loss-weighting callback in ``trainer.callbacks`` (in list order) set ``W_inter`` / ``W_intra``.
+With none, the loss is plain DMD (Self-Forcing), exactly.
+
+Counters (what ``max_steps`` counts): under manual optimization Lightning's ``global_step``
+counts every ``optimizer.step()`` of *both* optimizers (Lightning issue #17958): a run of 10
+optimizer cycles with ``student_every=5`` takes 10 critic steps and 2 student steps, so
+``global_step`` is 12. ``Trainer(max_steps=N)`` therefore bounds critic + student steps. The
+module keeps explicit ``critic_steps`` and ``student_steps`` counters; schedules (EMA start,
+heat-map period) use ``student_steps``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor, nn
+
+from streamr1.callbacks.base import RolloutContext, weighting_callbacks
+from streamr1.flow import add_noise, sample_dmd_timestep, warped_steps
+from streamr1.losses import cfg_x0, critic_flow_loss, dmd_gradient, dmd_loss
+from streamr1.rollout import generate, self_forcing_rollout
+
+FROZEN_PREFIXES = ("teacher.", "text_encoder.", "vae.")
+"""Submodules that never train: left out of checkpoints (they reload from their own weights)."""
+
+
+def _attr(module: Any, name: str) -> Any:
+    return getattr(module, name, None)
+
+
+class DMDModule(pl.LightningModule):
+    """DMD distillation of a causal streaming student (Self-Forcing / Reward Forcing / Stream-R1).
+
+    Args:
+        student: the causal student (``streamr1.models.CausalWanDenoiser``): ``new_cache``, ``chunk_x0``, ``chunk_frames``.
+        teacher: frozen x0 predictor ``(x_t, t, cond) -> x0`` (a ``WanDenoiser`` or the toy ``MixtureTeacher``).
+        critic: trained bidirectional x0 predictor (the "fake score"); a ``WanDenoiser``.
+        text_encoder: ``encode(prompts) -> [B, L, D]``; frozen.
+        vae: ``encode``/``decode`` between pixels and latents; frozen. Decode must be differentiable (saliency).
+        latent_shape: ``[F, C, H, W]`` of the generated latent video (F a multiple of the student's chunk size).
+        denoising_steps: the student's few-step list before the shift (SPEC §2).
+        shift: timestep shift factor ``k`` (5 for Wan).
+        guidance_scale: teacher classifier-free guidance ``g_s`` (SPEC §3.2).
+        negative_prompt: text of the unconditional branch of the guidance.
+        min_timestep: DMD timestep range lower clamp (SPEC §3.1).
+        max_timestep: DMD timestep range upper clamp.
+        student_every: the student takes an optimizer step every this many optimizer cycles; the critic every one.
+        accumulate: micro-batches per optimizer cycle (gradient accumulation; the Trainer's own flag is refused
+            under manual optimization). Effective batch = micro-batch x devices x accumulate.
+        student_optimizer: optimizer for the student (default AdamW lr 2e-6, betas (0, 0.999), weight decay 0.01).
+        critic_optimizer: optimizer for the critic (default AdamW lr 4e-7, betas (0, 0.999), weight decay 0.01).
+        student_scheduler: optional LR scheduler, stepped once per student optimizer step.
+        critic_scheduler: optional LR scheduler, stepped once per critic optimizer step.
+        grad_clip: max global grad norm for each optimizer (SPEC §3.6: 10); 0 disables.
+        critic_init_from_student: copy the student's weights into the critic at the start of fit when their
+            architectures match (as DMD2 initialises the fake score from the real one).
+        seed: seed of the module's control-flow generator (exit steps), broadcast from rank 0.
+
+    Example::
+
+        streamr1 fit --config configs/quickstart.yaml --config callbacks/stream_r1.yaml
+    """
+
+    def __init__(
+        self,
+        student: nn.Module,
+        teacher: nn.Module,
+        critic: nn.Module,
+        text_encoder: nn.Module,
+        vae: nn.Module,
+        latent_shape: Sequence[int] = (21, 16, 60, 104),
+        denoising_steps: Sequence[float] = (1000, 750, 500, 250),
+        shift: float = 5.0,
+        guidance_scale: float = 3.0,
+        negative_prompt: str = "",
+        min_timestep: float = 20.0,
+        max_timestep: float = 980.0,
+        student_every: int = 5,
+        accumulate: int = 1,
+        student_optimizer: OptimizerCallable | None = None,
+        critic_optimizer: OptimizerCallable | None = None,
+        student_scheduler: LRSchedulerCallable | None = None,
+        critic_scheduler: LRSchedulerCallable | None = None,
+        grad_clip: float = 10.0,
+        critic_init_from_student: bool = False,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=[
+            "student", "teacher", "critic", "text_encoder", "vae",
+            "student_optimizer", "critic_optimizer", "student_scheduler", "critic_scheduler",
+        ])
+        self.automatic_optimization = False
+        self.student, self.teacher, self.critic = student, teacher, critic
+        self.text_encoder, self.vae = text_encoder, vae
+        for frozen in (self.teacher, self.text_encoder, self.vae):
+            frozen.requires_grad_(False)
+            frozen.eval()
+        self.latent_shape = tuple(int(v) for v in latent_shape)
+        self.steps = warped_steps(denoising_steps, shift)
+        self._student_opt_fn, self._critic_opt_fn = student_optimizer, critic_optimizer
+        self._student_sched_fn, self._critic_sched_fn = student_scheduler, critic_scheduler
+        # Explicit step counters: Lightning's global_step counts both optimizers (see module docstring).
+        self.student_steps = 0
+        self.critic_steps = 0
+        self.micro_batches = 0
+        # Control-flow randomness (the exit step) comes from its own generator, drawn on rank 0 and broadcast,
+        # and saved in checkpoints so a resumed run draws the same sequence.
+        self._control_rng = torch.Generator().manual_seed(seed)
+        self._neg_cond: Tensor | None = None
+        self._check_compatible()
+
+    # ------------------------------------------------------------------ validation of the recipe
+    def _check_compatible(self) -> None:
+        """Fail before training on models that cannot work together, naming the mismatch and the fix."""
+        f, c, h, w = self.latent_shape
+        chunk = _attr(self.student, "chunk_frames")
+        if chunk is None or not callable(_attr(self.student, "chunk_x0")):
+            raise ValueError("`student` must be a causal chunk-wise model (e.g. streamr1.models.CausalWanDenoiser).")
+        if f % chunk != 0:
+            raise ValueError(
+                f"latent_shape has {f} latent frames, not a multiple of the student's chunk_frames={chunk}: "
+                f"set `model.latent_shape[0]` to a multiple of {chunk} or change `student.init_args.chunk_frames`."
+            )
+        for name in ("student", "teacher", "critic"):
+            m = getattr(self, name)
+            ch = _attr(m, "latent_channels")
+            if ch is not None and ch != c:
+                raise ValueError(
+                    f"The {name} works on {ch} latent channels but latent_shape has C={c} "
+                    f"(VAE channels: {_attr(self.vae, 'latent_channels')}): make `latent_shape[1]`, the VAE and the "
+                    f"{name}'s `in_channels` agree."
+                )
+            patch = _attr(m, "patch_size")
+            if patch is not None and (h % patch[1] or w % patch[2] or f % patch[0]):
+                raise ValueError(f"latent_shape {self.latent_shape} is not divisible by the {name}'s patch size {patch}.")
+            tdim = _attr(m, "text_dim")
+            edim = _attr(self.text_encoder, "dim")
+            if tdim is not None and edim is not None and tdim != edim:
+                raise ValueError(
+                    f"The {name} expects text embeddings of size {tdim} but the text encoder gives {edim}: "
+                    "use matching `text_dim` and encoder."
+                )
+        vae_ch = _attr(self.vae, "latent_channels")
+        if vae_ch is not None and vae_ch != c:
+            raise ValueError(f"The VAE has {vae_ch} latent channels but latent_shape has C={c}.")
+
+    # ------------------------------------------------------------------ helpers
+    def encode_prompts(self, prompts: Sequence[str]) -> Tensor:
+        """``[B, L, D]`` text embeddings on the module's device."""
+        emb = self.text_encoder.encode(list(prompts))
+        return emb.to(self.device, torch.float32)
+
+    def negative_cond(self, batch: int) -> Tensor:
+        if self._neg_cond is None or self._neg_cond.device != self.device:
+            self._neg_cond = self.encode_prompts([self.hparams.negative_prompt])
+        return self._neg_cond.expand(batch, *self._neg_cond.shape[1:])
+
+    def decode(self, latents: Tensor) -> Tensor:
+        """Latents ``[B, F, C, H, W]`` -> pixels ``[B, T, 3, H, W]`` in ``[-1, 1]`` (differentiable)."""
+        return self.vae.decode(latents)
+
+    def draw_exit_index(self) -> int:
+        """The rollout's exit step ``e ~ U{0..S-1}``, drawn on rank 0 and broadcast (SPEC §2)."""
+        e = int(torch.randint(0, len(self.steps), (1,), generator=self._control_rng))
+        if self._trainer is not None and self.trainer.world_size > 1:
+            e = int(self.trainer.strategy.broadcast(e, src=0))
+        return e
+
+    def sample_noise(self, batch: int) -> Tensor:
+        return torch.randn(batch, *self.latent_shape, device=self.device)
+
+    def rollout(self, cond: Tensor, grad: bool, exit_index: int | None = None) -> Tensor:
+        """A self-forcing rollout ``[B, F, C, H, W]`` (SPEC §2)."""
+        e = self.draw_exit_index() if exit_index is None else exit_index
+        return self_forcing_rollout(self.student, self.sample_noise(cond.shape[0]), cond, self.steps, e, grad=grad)
+
+    def _dmd_timestep(self, batch: int) -> Tensor:
+        hp = self.hparams
+        return sample_dmd_timestep(batch, hp.shift, hp.min_timestep, hp.max_timestep, device=self.device)
+
+    @torch.no_grad()
+    def teacher_x0(self, x_t: Tensor, t: Tensor, cond: Tensor) -> Tensor:
+        """Guided ``x0_real`` (SPEC §3.2): conditional and unconditional branches in one batched call."""
+        b = x_t.shape[0]
+        both = self.teacher(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([cond, self.negative_cond(b)]))
+        return cfg_x0(both[:b], both[b:], self.hparams.guidance_scale)
+
+    # ------------------------------------------------------------------ the two turns
+    def student_loss(self, prompts: Sequence[str], cond: Tensor) -> tuple[Tensor, RolloutContext]:
+        """One student micro-batch: rollout with grad, DMD gradient, weighting callbacks, weighted loss (SPEC §3-4)."""
+        x = self.rollout(cond, grad=True)
+        t = self._dmd_timestep(x.shape[0])
+        with torch.no_grad():
+            x_t = add_noise(x.detach(), torch.randn_like(x), t)
+            x0_fake = self.critic(x_t, t, cond)
+            x0_real = self.teacher_x0(x_t, t, cond)
+            g = dmd_gradient(x, x0_fake, x0_real)
+        ctx = RolloutContext(x=x.detach(), dmd_grad=g, prompts=list(prompts), cond=cond, decode=self.decode,
+                             student_step=self.student_steps)
+        if self._trainer is not None:
+            for cb in weighting_callbacks(self.trainer):
+                cb.weight_rollout(self.trainer, self, ctx)
+        loss = dmd_loss(x, g, ctx.rollout_weight, ctx.element_weight)
+        ctx.logs["train/dmd_grad_norm"] = g.flatten(1).norm(dim=1).mean()
+        ctx.logs["train/dmd_timestep"] = t.mean()
+        return loss, ctx
+
+    def critic_loss(self, cond: Tensor) -> Tensor:
+        """One critic micro-batch: a no-grad rollout, then the critic's flow-matching loss (SPEC §3.5)."""
+        with torch.no_grad():
+            x = self.rollout(cond, grad=False)
+        t = self._dmd_timestep(x.shape[0])
+        noise = torch.randn_like(x)
+        x_t = add_noise(x, noise, t)
+        return critic_flow_loss(x_t, self.critic(x_t, t, cond), x, noise, t)
+
+    def is_student_cycle(self, cycle: int | None = None) -> bool:
+        cycle = self.micro_batches // self.hparams.accumulate if cycle is None else cycle
+        return cycle % self.hparams.student_every == 0
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        hp = self.hparams
+        prompts = batch["prompt"]
+        cond = self.encode_prompts(prompts)
+        opt_s, opt_c = self.optimizers()
+        sched_s, sched_c = self._schedulers()
+        cycle_end = (self.micro_batches + 1) % hp.accumulate == 0
+        bs = len(prompts)
+
+        if self.is_student_cycle():
+            loss_s, ctx = self.student_loss(prompts, cond)
+            self.manual_backward(loss_s / hp.accumulate)
+            self._log_context(ctx, bs)
+            self.log("train/student_loss", loss_s.detach(), prog_bar=True, batch_size=bs)
+            if cycle_end:
+                norm = self._clip(opt_s)
+                opt_s.step()
+                opt_s.zero_grad(set_to_none=True)
+                if sched_s is not None:
+                    sched_s.step()
+                self.student_steps += 1
+                self.log("train/student_grad_norm", norm, batch_size=bs)
+        # The critic never sees the student's gradients: the student's graph is freed above and the critic's
+        # rollout runs without grad.
+        loss_c = self.critic_loss(cond)
+        self.manual_backward(loss_c / hp.accumulate)
+        self.log("critic/loss", loss_c.detach(), prog_bar=True, batch_size=bs)
+        if cycle_end:
+            norm = self._clip(opt_c)
+            opt_c.step()
+            opt_c.zero_grad(set_to_none=True)
+            if sched_c is not None:
+                sched_c.step()
+            self.critic_steps += 1
+            self.log("critic/grad_norm", norm, batch_size=bs)
+        self.micro_batches += 1
+        self.log("train/student_steps", float(self.student_steps), prog_bar=True, batch_size=bs)
+        self.log("train/critic_steps", float(self.critic_steps), batch_size=bs)
+
+    def _clip(self, opt: Any) -> Tensor:
+        """Clip by the global norm (``clip_gradients`` is strategy-aware: FSDP2 gets the true global norm)."""
+        params = [p for group in opt.param_groups for p in group["params"] if p.grad is not None]
+        if not params:
+            return torch.zeros((), device=self.device)
+        if self.hparams.grad_clip > 0:
+            norm = torch.nn.utils.clip_grad_norm_(params, self.hparams.grad_clip)
+        else:
+            norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+        return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+
+    def _schedulers(self) -> tuple[Any, Any]:
+        scheds = self.lr_schedulers()
+        if scheds is None:
+            return None, None
+        scheds = scheds if isinstance(scheds, list) else [scheds]
+        names = [self._student_sched_fn is not None, self._critic_sched_fn is not None]
+        it = iter(scheds)
+        return (next(it) if names[0] else None), (next(it) if names[1] else None)
+
+    def _log_context(self, ctx: RolloutContext, batch_size: int) -> None:
+        for key, value in ctx.logs.items():
+            if isinstance(value, Tensor) and value.numel() > 1:
+                self._log_histogram(key, value)
+            else:
+                self.log(key, value if isinstance(value, Tensor) else float(value), batch_size=batch_size)
+
+    def _log_histogram(self, key: str, value: Tensor) -> None:
+        logger = self.logger
+        exp = getattr(logger, "experiment", None) if logger is not None else None
+        if exp is not None and hasattr(exp, "add_histogram") and self.trainer.is_global_zero:
+            exp.add_histogram(key, value.detach().float().cpu(), self.student_steps)
+
+    # ------------------------------------------------------------------ optimizers
+    def configure_optimizers(self) -> Any:
+        def default(lr: float):
+            return lambda params: torch.optim.AdamW(params, lr=lr, betas=(0.0, 0.999), weight_decay=0.01)
+
+        opt_s = (self._student_opt_fn or default(2e-6))(self.student.parameters())
+        opt_c = (self._critic_opt_fn or default(4e-7))(self.critic.parameters())
+        scheds = []
+        if self._student_sched_fn is not None:
+            scheds.append({"scheduler": self._student_sched_fn(opt_s), "interval": "step"})
+        if self._critic_sched_fn is not None:
+            scheds.append({"scheduler": self._critic_sched_fn(opt_c), "interval": "step"})
+        return [opt_s, opt_c], scheds
+
+    # ------------------------------------------------------------------ lifecycle
+    def on_fit_start(self) -> None:
+        hp = self.hparams
+        if hp.critic_init_from_student and self.student_steps == 0 and self.critic_steps == 0:
+            src = self.student.transformer.state_dict()
+            dst = self.critic.transformer
+            if {k: v.shape for k, v in src.items()} == {k: v.shape for k, v in dst.state_dict().items()}:
+                dst.load_state_dict(src)
+            else:
+                raise ValueError("critic_init_from_student is set but the student and critic architectures differ.")
+        dm = self.trainer.datamodule
+        micro = getattr(dm, "batch_size", None) if dm is not None else None
+        if micro is not None and self.trainer.is_global_zero:
+            eff = micro * self.trainer.world_size * hp.accumulate
+            print(f"[streamr1] effective batch = {micro} (micro-batch) x {self.trainer.world_size} (devices) x "
+                  f"{hp.accumulate} (accumulation) = {eff}; student step every {hp.student_every} cycles")
+            if self.logger is not None:
+                self.logger.log_hyperparams({"effective_batch": eff})
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        sd = checkpoint.get("state_dict", {})
+        for k in [k for k in sd if k.startswith(FROZEN_PREFIXES)]:
+            del sd[k]
+        checkpoint["streamr1"] = {
+            "student_steps": self.student_steps,
+            "critic_steps": self.critic_steps,
+            "micro_batches": self.micro_batches,
+            "control_rng": self._control_rng.get_state(),
+            "latent_shape": list(self.latent_shape),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("streamr1")
+        if state is None:
+            raise ValueError("This checkpoint was not written by streamr1's DMDModule (no 'streamr1' section).")
+        if list(state["latent_shape"]) != list(self.latent_shape):
+            raise ValueError(
+                f"Checkpoint is from a recipe with latent_shape {state['latent_shape']}, this run has "
+                f"{list(self.latent_shape)}: resume with the recipe that wrote it."
+            )
+        sd = checkpoint.get("state_dict")
+        if sd is not None:
+            own = self.state_dict()
+            mismatched = [k for k, v in sd.items() if k in own and own[k].shape != v.shape]
+            missing = [k for k in own if k not in sd and not k.startswith(FROZEN_PREFIXES)]
+            if mismatched or missing:
+                raise ValueError(
+                    "Checkpoint does not match this recipe's models: "
+                    f"{len(mismatched)} tensors of another shape (e.g. {mismatched[:3]}), {len(missing)} missing "
+                    f"(e.g. {missing[:3]}). Resume with the recipe (model sizes) that wrote it."
+                )
+            for k, v in own.items():  # frozen weights come from their own files, not the checkpoint
+                if k.startswith(FROZEN_PREFIXES):
+                    sd[k] = v
+        self.student_steps = int(state["student_steps"])
+        self.critic_steps = int(state["critic_steps"])
+        self.micro_batches = int(state["micro_batches"])
+        self._control_rng.set_state(state["control_rng"])
+
+    # ------------------------------------------------------------------ sampling
+    @torch.no_grad()
+    def sample(self, prompts: Sequence[str], noise: Tensor | None = None, on_chunk: Any = None) -> Tensor:
+        """Generate latents ``[B, F, C, H, W]`` chunk by chunk through the KV cache (all few steps)."""
+        cond = self.encode_prompts(prompts)
+        noise = self.sample_noise(len(prompts)) if noise is None else noise.to(self.device)
+        return generate(self.student, noise, cond, self.steps, on_chunk=on_chunk)
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        latents = self.sample(batch["prompt"])
+        video = self.decode(latents).clamp(-1, 1)
+        return {"video": video, "prompts": list(batch["prompt"]), "latents": latents}
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        return self.validation_step(batch, batch_idx)
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        latents = self.sample(batch["prompt"])
+        video = self.decode(latents).clamp(-1, 1)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - start
+        frames = video.shape[0] * video.shape[1]
+        return {"video": video.cpu(), "prompts": list(batch["prompt"]), "seconds": seconds,
+                "fps": frames / max(seconds, 1e-9), "index": batch.get("index")}
