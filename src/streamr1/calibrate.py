@@ -1,0 +1,61 @@
+"""``streamr1 calibrate``: estimate the reward's per-axis mean and std (SPEC.md §4.1) and save them.
+
+The statistics z-normalise each axis (``r_a = (raw_a - mean_a) / std_a``) so that ``beta`` in
+``W_inter = exp(beta * r_final)`` means the same for every reward model. Estimate them on what
+the reward will see in training: rollouts of the current student (default), or a folder of
+videos (``--video_dir``, read with decord, PyAV where decord fails).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningDataModule, Trainer
+
+from streamr1.module import DMDModule
+
+
+def _atomic_json(path: str, payload: dict[str, Any]) -> None:
+    parent = os.path.dirname(os.path.abspath(path)) or "."
+    os.makedirs(parent, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".stats-", suffix=".json", dir=parent)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(payload, fh, indent=2)
+    os.replace(tmp, path)
+
+
+def calibrate(trainer: Trainer, module: DMDModule, datamodule: LightningDataModule | None, output: str,
+              video_dir: str | None = None, num_samples: int = 64, batch_size: int = 4) -> dict[str, Any]:
+    """Score ``num_samples`` student rollouts (or every video in ``video_dir``) and write the per-axis stats.
+
+    The reward model is the one of the :class:`~streamr1.rewards.service.RewardService` in the trainer's callbacks.
+    """
+    from streamr1.rewards.normalization import calibrate_from_rollouts, calibrate_from_videos
+    from streamr1.rewards.service import find_reward_service
+
+    service = find_reward_service(trainer)
+    reward = service.model
+    if video_dir is not None:
+        from streamr1.data.videos import VideoFolderDataset
+
+        ds = VideoFolderDataset(video_dir)
+        stats = calibrate_from_videos(reward, ((item["video"], item["prompt"]) for item in ds), batch_size=batch_size)
+    else:
+        if datamodule is None:
+            raise ValueError("calibrate from rollouts needs prompts: give a `data:` section (or --video_dir).")
+        prompts = list(getattr(datamodule, "train_prompts", []))
+        if not prompts:
+            raise ValueError("The datamodule has no `train_prompts` to generate rollouts from.")
+        prompts = [prompts[i % len(prompts)] for i in range(num_samples)]
+
+        @torch.no_grad()
+        def generate(batch_prompts: list[str]) -> torch.Tensor:
+            return module.decode(module.sample(batch_prompts)).clamp(-1, 1)
+
+        stats = calibrate_from_rollouts(reward, generate, prompts, batch_size=batch_size)
+    _atomic_json(output, stats)
+    return stats

@@ -1,0 +1,26 @@
+"""Tiny random models shared by the tests (the same classes a real run uses)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from streamr1.models import CausalWanDenoiser, HashTextEncoder, IdentityVAE, WanDenoiser
+from streamr1.module import DMDModule
+
+WAN_TINY: dict[str, Any] = {
+    "patch_size": [1, 2, 2], "num_attention_heads": 2, "attention_head_dim": 8, "in_channels": 3,
+    "out_channels": 3, "text_dim": 16, "freq_dim": 32, "ffn_dim": 32, "num_layers": 2, "rope_max_seq_len": 64,
+}
+
+
+def tiny_module(frames: int = 4, chunk: int = 2, size: int = 8, **kwargs: Any) -> DMDModule:
+    kwargs.setdefault("student_every", 5)
+    return DMDModule(
+        student=CausalWanDenoiser(config=WAN_TINY, chunk_frames=chunk),
+        teacher=WanDenoiser(config=WAN_TINY),
+        critic=WanDenoiser(config=WAN_TINY),
+        text_encoder=HashTextEncoder(dim=16, length=4),
+        vae=IdentityVAE(),
+        latent_shape=(frames, 3, size, size),
+        **kwargs,
+    )
