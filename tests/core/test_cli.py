@@ -22,7 +22,7 @@ def test_help_documents_arguments_from_docstrings(capsys):
     with pytest.raises(SystemExit) as e:
         main(["fit", "--help"])
     assert e.value.code == 0
-    out = capsys.readouterr().out
+    out = " ".join(capsys.readouterr().out.split())
     assert "--model.student_every" in out
     assert "student takes an optimizer step every this many optimizer cycles" in out
     assert "--model.accumulate" in out

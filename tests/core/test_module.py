@@ -90,7 +90,7 @@ def test_gradient_accumulation_averages_micro_batches(monkeypatch):
             opt.register_step_pre_hook(lambda o, a, k: seen.append(
                 torch.cat([p.grad.flatten() for g in o.param_groups for p in g["params"]])))
 
-    trainer = _trainer(max_steps=0, max_epochs=1, limit_train_batches=4, callbacks=[Probe()])
+    trainer = _trainer(max_steps=-1, max_epochs=1, limit_train_batches=4, callbacks=[Probe()])
     monkeypatch.setattr(m, "student_loss", lambda *a: pytest.fail("student turn not expected"))
     # student_every=1000 still trains the student at cycle 0: skip it by starting at cycle 1
     m.micro_batches = 2
