@@ -25,7 +25,10 @@ def shift_timesteps(t: Tensor | float, shift: float) -> Tensor:
 
 
 def warped_steps(steps: Sequence[float], shift: float) -> list[float]:
-    """The few-step list after the shift: ``[1000, 750, 500, 250]`` -> about ``[1000, 937.5, 833.3, 625]`` for ``k = 5``."""
+    """The few-step list after the shift.
+
+    ``[1000, 750, 500, 250]`` becomes about ``[1000, 937.5, 833.3, 625]`` for ``k = 5`` (SPEC §2).
+    """
     return [float(v) for v in shift_timesteps(torch.tensor(list(steps), dtype=torch.float64), shift)]
 
 
@@ -62,6 +65,9 @@ def sample_dmd_timestep(
     batch: int, shift: float, min_t: float = 20.0, max_t: float = 980.0, generator: torch.Generator | None = None,
     device: torch.device | str = "cpu",
 ) -> Tensor:
-    """DMD timestep per rollout: ``t ~ U{0..999}``, shifted, clamped to ``[min_t, max_t]`` (SPEC §3.1). Returns ``[B]``."""
+    """DMD timestep per rollout: ``t ~ U{0..999}``, shifted, clamped to ``[min_t, max_t]`` (SPEC §3.1).
+
+    Returns ``[B]`` float32 timesteps on ``device``.
+    """
     t = torch.randint(0, NUM_TRAIN_TIMESTEPS, (batch,), generator=generator, device="cpu").to(torch.float64)
     return shift_timesteps(t, shift).clamp(min_t, max_t).to(device=device, dtype=torch.float32)

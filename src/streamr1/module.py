@@ -43,7 +43,8 @@ class DMDModule(pl.LightningModule):
     """DMD distillation of a causal streaming student (Self-Forcing / Reward Forcing / Stream-R1).
 
     Args:
-        student: the causal student (``streamr1.models.CausalWanDenoiser``): ``new_cache``, ``chunk_x0``, ``chunk_frames``.
+        student: the causal student (``streamr1.models.CausalWanDenoiser``: ``new_cache``, ``chunk_x0``,
+            ``chunk_frames``).
         teacher: frozen x0 predictor ``(x_t, t, cond) -> x0`` (a ``WanDenoiser`` or the toy ``MixtureTeacher``).
         critic: trained bidirectional x0 predictor (the "fake score"); a ``WanDenoiser``.
         text_encoder: ``encode(prompts) -> [B, L, D]``; frozen.
@@ -144,7 +145,9 @@ class DMDModule(pl.LightningModule):
                 )
             patch = _attr(m, "patch_size")
             if patch is not None and (h % patch[1] or w % patch[2] or f % patch[0]):
-                raise ValueError(f"latent_shape {self.latent_shape} is not divisible by the {name}'s patch size {patch}.")
+                raise ValueError(
+                    f"latent_shape {self.latent_shape} is not divisible by the {name}'s patch size {patch}."
+                )
             tdim = _attr(m, "text_dim")
             edim = _attr(self.text_encoder, "dim")
             if tdim is not None and edim is not None and tdim != edim:

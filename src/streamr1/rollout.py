@@ -10,6 +10,7 @@ and values into the cache: no gradient flows through the cache into earlier chun
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+
 import torch
 from torch import Tensor
 

@@ -89,7 +89,8 @@ class StudentEMA(Callback):
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {"shadow": {k: v.detach().cpu() if not hasattr(v, "full_tensor") else v for k, v in self.shadow.items()},
+        shadow = {k: v if hasattr(v, "full_tensor") else v.detach().cpu() for k, v in self.shadow.items()}
+        return {"shadow": shadow,
                 "last_student_step": self._last_student_step}
 
     @override
@@ -102,5 +103,7 @@ class StudentEMA(Callback):
         params = dict(pl_module.student.named_parameters())
         for k, v in list(self.shadow.items()):
             if k not in params or params[k].shape != v.shape:
-                raise ValueError(f"EMA state does not match the student (parameter {k!r}): resume with the same recipe.")
+                raise ValueError(
+                    f"EMA state does not match the student (parameter {k!r}): resume with the same recipe."
+                )
             self.shadow[k] = v.to(params[k].device)

@@ -39,7 +39,8 @@ class VideoWriter(BasePredictionWriter):
 
     @override
     def write_on_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, prediction: Any,
-                           batch_indices: Sequence[int] | None, batch: Any, batch_idx: int, dataloader_idx: int) -> None:
+                           batch_indices: Sequence[int] | None, batch: Any, batch_idx: int,
+                           dataloader_idx: int) -> None:
         from streamr1.data.videos import write_video
 
         os.makedirs(self.output_dir, exist_ok=True)

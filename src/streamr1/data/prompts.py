@@ -19,7 +19,9 @@ def read_prompts(path: str) -> list[str]:
         ValueError: the file holds no prompt.
     """
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"Prompt file not found: {path!r}. Set `data.prompts_file` to a text file, one prompt a line.")
+        raise FileNotFoundError(
+            f"Prompt file not found: {path!r}. Set `data.prompts_file` to a text file, one prompt a line."
+        )
     with open(path, encoding="utf-8") as fh:
         prompts = [ln.strip() for ln in fh if ln.strip() and not ln.lstrip().startswith("#")]
     if not prompts:

@@ -71,7 +71,10 @@ class CausalWanDenoiser(nn.Module):
         return self.causal.new_cache()
 
     def chunk_x0(self, x_t: Tensor, t: Tensor, cond: Tensor, cache: KVCache, write: bool = False) -> Tensor:
-        """``x0`` of one chunk ``[B, f, C, H, W]`` at timestep ``t`` ``[B]``, reading (and if ``write``, appending to) the cache."""
+        """``x0`` of one chunk ``[B, f, C, H, W]`` at timestep ``t`` ``[B]``.
+
+        Reads the cache, and with ``write`` appends this chunk's keys and values to it.
+        """
         flow = self.causal.forward_chunk(x_t, t, cond, cache, write=write)
         return flow_to_x0(x_t, flow, t)
 

@@ -110,4 +110,4 @@ class CachedTextEncoder(nn.Module):
 
     @property
     def dim(self) -> int:
-        return int(getattr(self.encoder, "dim"))
+        return int(self.encoder.dim)

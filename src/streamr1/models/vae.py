@@ -1,4 +1,7 @@
-"""VAEs behind the :class:`~streamr1.protocols.VAE` protocol: pixels ``[B, T, 3, H, W]`` in ``[-1, 1]`` <-> latents ``[B, F, C, H, W]``."""
+"""VAEs behind the :class:`~streamr1.protocols.VAE` protocol.
+
+Pixels ``[B, T, 3, H, W]`` in ``[-1, 1]`` <-> latents ``[B, F, C, H, W]``.
+"""
 
 from __future__ import annotations
 
@@ -38,7 +41,9 @@ class WanVAE(nn.Module):
         dtype: parameter dtype.
     """
 
-    def __init__(self, pretrained: str | None = None, config: dict[str, Any] | None = None, dtype: str = "float32") -> None:
+    def __init__(
+        self, pretrained: str | None = None, config: dict[str, Any] | None = None, dtype: str = "float32"
+    ) -> None:
         super().__init__()
         from diffusers import AutoencoderKLWan
 

@@ -51,7 +51,9 @@ def build_wan_transformer(
     """
     if pretrained is None:
         if config is None:
-            raise ValueError("A Wan model needs `pretrained` (a local folder or file) or `config` (a dict); got neither.")
+            raise ValueError(
+                "A Wan model needs `pretrained` (a local folder or file) or `config` (a dict); got neither."
+            )
         return WanTransformer3DModel(**config)
     path = os.path.expanduser(pretrained)
     if not os.path.exists(path):
