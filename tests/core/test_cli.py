@@ -54,6 +54,7 @@ def test_fit_then_predict_writes_videos_and_reports_fps(tmp_path, capsys):
     assert ckpts, "fit wrote no checkpoint"
     vids = str(tmp_path / "videos")
     main(["predict", "--config", TINY, "--ckpt_path", ckpts[0], "--trainer.logger", "false",
+          "--trainer.default_root_dir", str(tmp_path),
           "--trainer.callbacks+=streamr1.callbacks.video_writer.VideoWriter",
           "--trainer.callbacks.output_dir", vids])
     mp4s = glob.glob(os.path.join(vids, "*.mp4"))
