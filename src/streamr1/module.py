@@ -31,7 +31,7 @@ from streamr1.flow import add_noise, sample_dmd_timestep, warped_steps
 from streamr1.losses import cfg_x0, critic_flow_loss, dmd_gradient, dmd_loss
 from streamr1.rollout import generate, self_forcing_rollout
 
-FROZEN_PREFIXES = ("teacher.", "text_encoder.", "vae.")
+FROZEN_PREFIXES = ("teacher.", "text_encoder.", "vae.", "evaluator.")
 """Submodules that never train: left out of checkpoints (they reload from their own weights)."""
 
 
@@ -66,6 +66,10 @@ class DMDModule(pl.LightningModule):
         grad_clip: max global grad norm for each optimizer (SPEC §3.6: 10); 0 disables.
         critic_init_from_student: copy the student's weights into the critic at the start of fit when their
             architectures match (as DMD2 initialises the fake score from the real one).
+        evaluator: optional metric over generated videos (a torchmetrics ``Metric``/``MetricCollection`` with
+            ``update(video [B, T, 3, H, W] in [-1, 1], prompts)`` and ``compute() -> dict``), logged as ``val/...``;
+            e.g. the toy world's oracle metrics. Never used in training.
+        log_val_videos: validation samples logged as animated GIFs to TensorBoard (first batch; 0 = none).
         seed: seed of the module's control-flow generator (exit steps), broadcast from rank 0.
 
     Example::
@@ -95,16 +99,19 @@ class DMDModule(pl.LightningModule):
         critic_scheduler: LRSchedulerCallable | None = None,
         grad_clip: float = 10.0,
         critic_init_from_student: bool = False,
+        evaluator: nn.Module | None = None,
+        log_val_videos: int = 4,
         seed: int = 0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=[
             "student", "teacher", "critic", "text_encoder", "vae",
-            "student_optimizer", "critic_optimizer", "student_scheduler", "critic_scheduler",
+            "student_optimizer", "critic_optimizer", "student_scheduler", "critic_scheduler", "evaluator",
         ])
         self.automatic_optimization = False
         self.student, self.teacher, self.critic = student, teacher, critic
         self.text_encoder, self.vae = text_encoder, vae
+        self.evaluator = evaluator
         for frozen in (self.teacher, self.text_encoder, self.vae):
             frozen.requires_grad_(False)
             frozen.eval()
@@ -387,12 +394,30 @@ class DMDModule(pl.LightningModule):
         return generate(self.student, noise, cond, self.steps, on_chunk=on_chunk)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
-        latents = self.sample(batch["prompt"])
+        prompts = list(batch["prompt"])
+        latents = self.sample(prompts)
         video = self.decode(latents).clamp(-1, 1)
-        return {"video": video, "prompts": list(batch["prompt"]), "latents": latents}
+        if self.evaluator is not None:
+            self.evaluator.update(video, prompts)
+        if batch_idx == 0 and self.hparams.log_val_videos > 0 and self.trainer.is_global_zero:
+            from streamr1.logging import log_gif, tensorboard_experiments
+
+            for exp in tensorboard_experiments(self.trainer):
+                for i in range(min(self.hparams.log_val_videos, video.shape[0])):
+                    log_gif(exp, f"val/sample_{i}", video[i], self.student_steps)
+        return {"video": video, "prompts": prompts, "latents": latents}
+
+    def on_validation_epoch_end(self) -> None:
+        if self.evaluator is not None:
+            values = self.evaluator.compute()
+            self.log_dict({f"val/{k}": v for k, v in values.items()}, sync_dist=False)
+            self.evaluator.reset()
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
         return self.validation_step(batch, batch_idx)
+
+    def on_test_epoch_end(self) -> None:
+        self.on_validation_epoch_end()
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
         if self.device.type == "cuda":
