@@ -1,0 +1,337 @@
+"""Oracle metrics of the toy world, computed from pixels only (never from a reward model).
+
+Stream-R1 (arXiv 2605.03849) scores videos on visual quality (VQ), motion quality (MQ) and text alignment
+(TA) with a learned reward model. In the toy world (:mod:`streamr1.data.toy`) the ground truth is known, so
+these hand-written detectors measure each axis directly from the pixels; they are the yardstick both for
+calibrating a reward model (rank correlation) and for the paper's claim (does the reward-weighted student
+land in good modes more often than plain DMD?).
+
+- ``VQ``: ``1 - noise / 0.05 - relu(0.8 - sharpness) / 0.3 - relu(fidelity - 0.3) / 0.25``, from the median
+  absolute high-frequency residual (``x - blur(x)``: noise), the steepest edge relative to the image's contrast
+  (blur) and the distance of the shape's colour to the palette (ghosts: averages of several videos). About 1
+  for a clean, sharp render, below 0 for a noisy, blurred or ghosted one.
+- ``MQ``: ``-mean_t ||c_{t+1} - 2 c_t + c_{t-1}||`` (pixels at ``size = 32``) of the tracked foreground centroid
+  ``c_t``: about 0 for constant velocity, strongly negative for jitter and jumps.
+- ``TA``: ``(p_colour + p_direction) / 2`` in ``[0, 1]``: the soft probability that the dominant foreground colour
+  is the caption's colour and that the least-squares motion direction is the caption's direction.
+
+:func:`good_mode` thresholds the three; :class:`GoodModeFraction`, :class:`CellCoverage` and
+:class:`ModeCoverage` are the torchmetrics ``Metric`` versions (their states sum across DDP ranks).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchmetrics import Metric
+
+from streamr1.data.toy import (
+    COLOUR_RGB,
+    COLOURS,
+    DIRECTION_VEC,
+    DIRECTIONS,
+    NUM_CELLS,
+    ToyAttributes,
+    ToyWorld,
+    gaussian_blur,
+    parse_caption,
+)
+
+NOISE_REF = 0.05
+"""Median absolute high-frequency residual at which VQ has lost 1 (clean renders: 0; noisy: about 0.1-0.2)."""
+SHARP_REF = 0.8
+"""Relative edge steepness below which VQ is penalised (anti-aliased renders: 1.0, 0.72-0.99 after an H.264
+round trip; blurred: 0.38-0.59)."""
+SHARP_SCALE = 0.3
+FIDELITY_REF = 0.3
+"""Distance of the foreground colour to the palette above which VQ is penalised (clean renders: below 0.06, below
+0.21 after an H.264 round trip; a 70/30 ghost: about 0.5)."""
+FIDELITY_SCALE = 0.25
+FG_THRESHOLD = 0.25
+"""Colour distance (RGB, ``[-1, 1]`` units) to the background below which a pixel is not foreground."""
+DIRECTION_TEMPERATURE = 0.25
+"""Velocity (pixels a frame at size 32) per unit logit of the direction softmax."""
+COLOUR_TEMPERATURE = 0.25
+"""Squared colour distance per unit logit of the colour softmax."""
+
+THRESHOLDS: dict[str, float] = {"VQ": 0.5, "MQ": -0.5, "TA": 0.75}
+"""A video is in a good mode when ``VQ >= 0.5``, ``MQ >= -0.5`` and ``TA >= 0.75`` (calibrated on ToyWorld
+renders: each quality mode is classified correctly in well over 95% of fresh renders; see the tests)."""
+
+
+def _as_attrs(attrs: Sequence[ToyAttributes | str]) -> list[ToyAttributes]:
+    out = []
+    for a in attrs:
+        if isinstance(a, str):
+            parsed = parse_caption(a)
+            if parsed is None:
+                raise ValueError(f"Cannot read shape, colour and direction from the caption {a!r}: oracle TA needs "
+                                 "toy captions such as 'a red circle moving left'.")
+            a = parsed
+        out.append(a)
+    return out
+
+
+def _check_video(video: Tensor) -> Tensor:
+    if video.ndim != 5 or video.shape[2] != 3:
+        raise ValueError(f"video must be [B, T, 3, H, W] in [-1, 1]; got {tuple(video.shape)}.")
+    return video.detach().float()
+
+
+def visual_quality(video: Tensor, colour: Tensor | None = None) -> dict[str, Tensor]:
+    """VQ and its parts, each ``[B]``, for ``video`` ``[B, T, 3, H, W]`` in ``[-1, 1]`` (module docstring).
+
+    - ``noise``: median over pixels of ``|x - blur_1(x)|``, averaged over frames and channels (flat regions
+      dominate the median, so clean edges do not count);
+    - ``sharpness``: the largest two-pixel difference ``|x[i+1] - x[i-1]|`` in a frame over the frame's contrast
+      (in the channel of largest contrast), capped at 1 and averaged over frames: a 1-pixel anti-aliased edge
+      spans the full contrast within two pixels whatever its sub-pixel phase (1.0), a blurred one does not;
+    - ``fidelity``: RGB distance from the foreground's core colour (:func:`track`) to the nearest palette colour:
+      a ghost (the average of several videos, semi-transparent shapes) or a washed-out shape is far from every
+      palette colour; 2 when there is no foreground at all.
+
+    ``VQ = 1 - noise / NOISE_REF - relu(SHARP_REF - sharpness) / SHARP_SCALE - relu(fidelity - FIDELITY_REF) /
+    FIDELITY_SCALE``. ``colour`` ``[B, 3]``: the foreground colour if already tracked.
+    """
+    v = _check_video(video)
+    resid = (v - gaussian_blur(v, 1.0)).abs().flatten(3)  # [B, T, 3, HW]
+    noise = resid.median(dim=-1).values.mean(dim=(1, 2))
+    gx = (v[..., :, 2:] - v[..., :, :-2]).abs().flatten(3).amax(-1)
+    gy = (v[..., 2:, :] - v[..., :-2, :]).abs().flatten(3).amax(-1)
+    grad = torch.maximum(gx, gy)  # [B, T, 3]
+    flat = v.flatten(3)
+    contrast = flat.amax(-1) - flat.amin(-1)  # [B, T, 3]
+    best = contrast.argmax(-1, keepdim=True)
+    sharp = (grad.gather(-1, best) / contrast.gather(-1, best).clamp_min(0.2)).squeeze(-1).clamp(max=1.0).mean(1)
+    colour = track(v)[1] if colour is None else colour
+    palette = torch.tensor([COLOUR_RGB[c] for c in COLOURS], dtype=v.dtype, device=v.device)
+    fidelity = torch.cdist(colour, palette).amin(-1)
+    fidelity = torch.where(torch.isnan(fidelity), torch.full_like(fidelity, 2.0), fidelity)
+    vq = (1.0 - noise / NOISE_REF - F.relu(SHARP_REF - sharp) / SHARP_SCALE
+          - F.relu(fidelity - FIDELITY_REF) / FIDELITY_SCALE)
+    return {"VQ": vq, "noise": noise, "sharpness": sharp, "fidelity": fidelity}
+
+
+def track(video: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Foreground tracking of ``video`` ``[B, T, 3, H, W]``.
+
+    The background colour is the median of each frame's one-pixel border; the frame is smoothed (Gaussian,
+    sigma 0.7 px) and each pixel weighted by ``relu(||rgb - background|| - FG_THRESHOLD)``.
+
+    Returns:
+        ``centres [B, T, 2]`` (x, y in pixels; the frame centre where a frame has no foreground), ``colour
+        [B, 3]`` (the foreground colour, weights to the 4th power so the shape's core dominates, ``NaN`` when no
+        foreground at all) and ``mass [B, T]`` (total foreground weight).
+    """
+    v = _check_video(video)
+    b, t, _, h, w = v.shape
+    border = torch.cat([v[..., 0, :], v[..., -1, :], v[..., 1:-1, 0], v[..., 1:-1, -1]], dim=-1)  # [B, T, 3, P]
+    bg = border.median(dim=-1).values  # [B, T, 3]
+    smooth = gaussian_blur(v, 0.7)
+    dist = (smooth - bg[..., None, None]).pow(2).sum(dim=2).sqrt()  # [B, T, H, W]
+    wgt = F.relu(dist - FG_THRESHOLD)
+    mass = wgt.flatten(2).sum(-1)  # [B, T]
+    ys = torch.arange(h, dtype=v.dtype, device=v.device) + 0.5
+    xs = torch.arange(w, dtype=v.dtype, device=v.device) + 0.5
+    safe = mass.clamp_min(1e-8)
+    cx = (wgt.sum(-2) * xs).sum(-1) / safe
+    cy = (wgt.sum(-1) * ys).sum(-1) / safe
+    present = mass > 1e-3
+    centres = torch.stack([torch.where(present, cx, torch.full_like(cx, w / 2)),
+                           torch.where(present, cy, torch.full_like(cy, h / 2))], dim=-1)
+    w4 = wgt.pow(4)
+    colour = (v * w4.unsqueeze(2)).sum(dim=(1, 3, 4)) / w4.sum(dim=(1, 2, 3)).unsqueeze(-1)  # [B, 3]
+    return centres, colour, mass
+
+
+def oracle_scores(video: Tensor, attrs: Sequence[ToyAttributes | str]) -> dict[str, Tensor]:
+    """Oracle ``{"VQ", "MQ", "TA"}`` scores ``[B]`` (float32) of ``video`` ``[B, T, 3, H, W]`` in ``[-1, 1]``.
+
+    Args:
+        video: the videos (a generated set or world renders); any ``T >= 3`` and ``H, W >= 8``.
+        attrs: ``B`` :class:`ToyAttributes` (or toy captions) the videos were asked to show (for TA).
+
+    Pixel distances are normalised to a 32-pixel frame, so the thresholds hold at other sizes.
+    """
+    v = _check_video(video)
+    attrs = _as_attrs(attrs)
+    b, t, _, h, w = v.shape
+    if len(attrs) != b:
+        raise ValueError(f"oracle_scores got {b} videos and {len(attrs)} attributes.")
+    scale = 32.0 / max(h, w)
+    centres, colour, _ = track(v)
+    vq = visual_quality(v, colour)["VQ"]
+    centres = centres * scale
+    second = centres[:, 2:] - 2 * centres[:, 1:-1] + centres[:, :-2]  # [B, T-2, 2]
+    mq = -second.norm(dim=-1).mean(-1)
+    # TA: least-squares velocity over the frames, then soft matches to the caption's colour and direction.
+    steps = torch.arange(t, dtype=v.dtype, device=v.device)
+    steps = steps - steps.mean()
+    vel = (centres * steps[None, :, None]).sum(1) / steps.pow(2).sum()  # [B, 2] px/frame (size 32)
+    dirs = torch.tensor([DIRECTION_VEC[d] for d in DIRECTIONS], dtype=v.dtype, device=v.device)  # [4, 2]
+    p_dir = torch.softmax(vel @ dirs.T / DIRECTION_TEMPERATURE, dim=-1)
+    palette = torch.tensor([COLOUR_RGB[c] for c in COLOURS], dtype=v.dtype, device=v.device)  # [4, 3]
+    d2 = (colour.unsqueeze(1) - palette.unsqueeze(0)).pow(2).sum(-1)  # [B, 4]
+    p_col = torch.softmax(-d2 / COLOUR_TEMPERATURE, dim=-1)
+    p_col = torch.where(torch.isnan(p_col), torch.full_like(p_col, 1.0 / len(COLOURS)), p_col)
+    want_col = torch.tensor([COLOURS.index(a.colour) for a in attrs], device=v.device)
+    want_dir = torch.tensor([DIRECTIONS.index(a.direction) for a in attrs], device=v.device)
+    ta = 0.5 * p_col.gather(1, want_col[:, None]).squeeze(1) + 0.5 * p_dir.gather(1, want_dir[:, None]).squeeze(1)
+    return {"VQ": vq, "MQ": mq, "TA": ta}
+
+
+def good_mode(scores: dict[str, Tensor], thresholds: dict[str, float] | None = None) -> Tensor:
+    """``[B]`` bool: every axis at or above its threshold (:data:`THRESHOLDS` by default)."""
+    th = THRESHOLDS if thresholds is None else thresholds
+    return (scores["VQ"] >= th["VQ"]) & (scores["MQ"] >= th["MQ"]) & (scores["TA"] >= th["TA"])
+
+
+def classify_mode(scores: dict[str, Tensor], thresholds: dict[str, float] | None = None) -> list[str]:
+    """The quality mode (:data:`~streamr1.data.toy.MODES`) the oracle assigns: the first failing axis in the order
+    VQ (``"visual"``), MQ (``"motion"``), TA (``"text"``), else ``"good"``. (Noise upsets the tracker and jitter the
+    direction estimate, so an earlier axis takes precedence.)"""
+    th = THRESHOLDS if thresholds is None else thresholds
+    out = []
+    for vq, mq, ta in zip(scores["VQ"].tolist(), scores["MQ"].tolist(), scores["TA"].tolist(), strict=True):
+        if not vq >= th["VQ"]:
+            out.append("visual")
+        elif not mq >= th["MQ"]:
+            out.append("motion")
+        elif not ta >= th["TA"]:
+            out.append("text")
+        else:
+            out.append("good")
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Metrics
+
+
+def _good_flags(video_or_good: Tensor, attrs: Sequence[ToyAttributes | str] | None) -> Tensor:
+    """``[B]`` bool from either precomputed flags (1-D) or videos ``[B, T, 3, H, W]`` plus their attributes."""
+    if video_or_good.ndim == 1:
+        return video_or_good.bool()
+    if attrs is None:
+        raise ValueError("Pass the attributes (or captions) the videos were generated for, to score TA.")
+    return good_mode(oracle_scores(video_or_good, attrs))
+
+
+class GoodModeFraction(Metric):
+    """Fraction of videos that land in a good mode (:func:`good_mode`), over everything seen on all ranks.
+
+    ``update(video [B, T, 3, H, W], attrs)`` scores the videos with the oracle; ``update(good [B] bool)`` takes
+    flags computed elsewhere. ``compute()`` -> scalar in ``[0, 1]`` (0 when nothing was seen).
+    """
+
+    is_differentiable = False
+    higher_is_better = True
+    full_state_update = False
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.add_state("good", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("total", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, video_or_good: Tensor, attrs: Sequence[ToyAttributes | str] | None = None) -> None:
+        flags = _good_flags(video_or_good, attrs).to(self.good.device)
+        self.good += flags.sum()
+        self.total += flags.numel()
+
+    def compute(self) -> Tensor:
+        return self.good.float() / self.total.clamp_min(1).float()
+
+
+def _cells(attrs: Sequence[ToyAttributes | str], device: torch.device) -> Tensor:
+    return torch.tensor([a.cell for a in _as_attrs(attrs)], dtype=torch.long, device=device)
+
+
+class CellCoverage(Metric):
+    """Fraction of the requested (shape, colour, direction) cells for which at least one generated video is good.
+
+    A cell is requested when at least one update carried a prompt for it; the denominator is the number of
+    requested cells (over all ranks), not all 48, so a run on a prompt subset can reach 1. Scalar in ``[0, 1]``.
+    ``update(video [B, T, 3, H, W], attrs)`` or ``update(good [B] bool, attrs)``.
+    """
+
+    is_differentiable = False
+    higher_is_better = True
+    full_state_update = False
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.add_state("requested", default=torch.zeros(NUM_CELLS, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("good", default=torch.zeros(NUM_CELLS, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, video_or_good: Tensor, attrs: Sequence[ToyAttributes | str]) -> None:
+        flags = _good_flags(video_or_good, attrs).to(self.good.device).long()
+        cells = _cells(attrs, self.good.device)
+        self.requested += torch.bincount(cells, minlength=NUM_CELLS)
+        self.good += torch.bincount(cells, weights=flags.double(), minlength=NUM_CELLS).long()
+
+    def compute(self) -> Tensor:
+        req = self.requested > 0
+        return ((self.good > 0) & req).sum().float() / req.sum().clamp_min(1).float()
+
+
+class ModeCoverage(Metric):
+    """Mode recall: the fraction of the world's good modes, in the requested cells, that the generated set reaches.
+
+    The exact teacher's modes are the world's videos (:class:`~streamr1.data.toy.MixtureTeacher`). Each generated
+    video that the oracle judges good is assigned to its nearest (pixel L2) world video among the *good* videos
+    of the cell (shape, colour, direction) its prompt asked for; that world video is then *hit*. With ``R`` the
+    good world videos whose cell was requested at least once (over all ranks)::
+
+        coverage = |{i in R : hit_i}| / |R|
+
+    It rewards variety: a student that collapses onto one good video per prompt scores ``1 / (good videos per
+    cell)`` however good its samples are, and it is bounded by ``generated good / |R|``, so compare runs with
+    the same number of samples per prompt. ``update(video [B, T, 3, H, W], attrs)``; scalar in ``[0, 1]``.
+
+    Args:
+        world: the :class:`ToyWorld` the teacher was built on.
+    """
+
+    is_differentiable = False
+    higher_is_better = True
+    full_state_update = False
+
+    def __init__(self, world: ToyWorld, **kwargs) -> None:
+        super().__init__(**kwargs)
+        good = world.good_mask()
+        self._world_good_index = torch.nonzero(good).squeeze(1)  # [G] indices into the world
+        self._world_good = world.videos[good].flatten(1)  # [G, P]
+        self._world_good_cells = world.cells[good]  # [G]
+        self.add_state("requested", default=torch.zeros(NUM_CELLS, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("hits", default=torch.zeros(len(world), dtype=torch.long), dist_reduce_fx="sum")
+        self._num_world = len(world)
+        self._world_cells = world.cells
+        self._world_is_good = good
+
+    def update(self, video: Tensor, attrs: Sequence[ToyAttributes | str]) -> None:
+        v = _check_video(video)
+        attrs = _as_attrs(attrs)
+        dev = self.hits.device
+        cells = _cells(attrs, dev)
+        self.requested += torch.bincount(cells, minlength=NUM_CELLS)
+        flags = good_mode(oracle_scores(v, attrs)).to(dev)
+        if self._world_good.device != dev:  # move the reference set once, not every update
+            self._world_good, self._world_good_cells = self._world_good.to(dev), self._world_good_cells.to(dev)
+            self._world_good_index = self._world_good_index.to(dev)
+        bank, world_cells = self._world_good, self._world_good_cells
+        if bank.shape[1] != v[0].numel():
+            raise ValueError(f"Generated videos {tuple(v.shape[1:])} do not have the world's video shape.")
+        d = torch.cdist(v.flatten(1).to(dev), bank)  # [B, G]
+        d = d.masked_fill(cells.unsqueeze(1) != world_cells.unsqueeze(0), float("inf"))
+        nearest = d.argmin(dim=1)
+        valid = flags & torch.isfinite(d.gather(1, nearest[:, None]).squeeze(1))
+        idx = self._world_good_index[nearest[valid]]
+        self.hits += torch.bincount(idx, minlength=self._num_world)
+
+    def compute(self) -> Tensor:
+        dev = self.hits.device
+        req = (self.requested > 0)[self._world_cells.to(dev)] & self._world_is_good.to(dev)  # [N]
+        return ((self.hits > 0) & req).sum().float() / req.sum().clamp_min(1).float()

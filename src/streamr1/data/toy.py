@@ -1,0 +1,596 @@
+"""The toy world: a procedural video distribution where Stream-R1's claim can be measured exactly.
+
+Stream-R1 (arXiv 2605.03849) reweights the DMD distillation loss by a reward on three axes (VQ: visual
+quality, MQ: motion quality, TA: text alignment) so that the student moves toward the teacher's
+*high-quality modes* rather than reproducing its whole mixture, flaws included. To measure that on a CPU
+in minutes this module builds a world whose distribution is known in closed form:
+
+- a video is ``[T=8, 3, 32, 32]`` in ``[-1, 1]`` (pixel space; the VAE is the identity): one soft-edged
+  shape (circle, square, triangle) of one colour (red, green, blue, yellow) moving with constant velocity
+  (left, right, up, down; optionally slow/fast) over a flat background (optionally dark/light);
+- :class:`ToyWorld` is a fixed finite set of such videos with their captions, where a known fraction is
+  deliberately flawed: ``"visual"`` (pixel noise or blur), ``"motion"`` (jitter or a jump in the
+  trajectory) or ``"text"`` (wrong colour or wrong direction for the caption);
+- :class:`MixtureTeacher` is the *exact* posterior-mean denoiser of that empirical distribution restricted to
+  the videos whose caption matches the prompt, so the teacher's modes are exactly the world's videos and
+  "which mode did the student land in" is a lookup, not a guess;
+- :class:`ToyTextEncoder` gives deterministic structured embeddings and their inverse.
+
+The flow-matching convention is the project's (``streamr1.flow``): ``x_t = (1 - s) x0 + s eps`` with
+``s = t / 1000``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+from streamr1.flow import NUM_TRAIN_TIMESTEPS
+
+SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
+COLOURS: tuple[str, ...] = ("red", "green", "blue", "yellow")
+DIRECTIONS: tuple[str, ...] = ("left", "right", "up", "down")
+SPEEDS: tuple[str, ...] = ("slow", "fast")
+BACKGROUNDS: tuple[str, ...] = ("dark", "light")
+MODES: tuple[str, ...] = ("good", "visual", "motion", "text")
+"""Quality modes of a rendered video: ``"good"`` and one low-quality mode per Stream-R1 axis (VQ, MQ, TA)."""
+
+CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("shape", SHAPES), ("colour", COLOURS), ("direction", DIRECTIONS), ("speed", SPEEDS), ("background", BACKGROUNDS),
+)
+"""Attribute categories in token order; ``ToyAttributes`` fields have the same names."""
+
+VOCAB: tuple[str, ...] = tuple(w for _, words in CATEGORIES for w in words)
+"""The 15 attribute words; everything else in a caption is ignored by the parser and the text encoder."""
+
+NUM_CELLS: int = len(SHAPES) * len(COLOURS) * len(DIRECTIONS)
+"""Number of (shape, colour, direction) cells: 48."""
+
+DEFAULT_MODE_PROBS: dict[str, float] = {"good": 0.55, "visual": 0.15, "motion": 0.15, "text": 0.15}
+
+COLOUR_RGB: dict[str, tuple[float, float, float]] = {
+    "red": (0.9, -0.8, -0.8),
+    "green": (-0.8, 0.8, -0.8),
+    "blue": (-0.7, -0.5, 0.9),
+    "yellow": (0.9, 0.8, -0.8),
+}
+"""Shape colours in ``[-1, 1]`` RGB."""
+
+BACKGROUND_RGB: dict[str, tuple[float, float, float]] = {"dark": (-0.85, -0.85, -0.85), "light": (0.6, 0.6, 0.6)}
+"""Background colours; a caption without a background is rendered ``"dark"``."""
+
+DIRECTION_VEC: dict[str, tuple[float, float]] = {"left": (-1.0, 0.0), "right": (1.0, 0.0), "up": (0.0, -1.0),
+                                                 "down": (0.0, 1.0)}
+"""Unit motion vectors ``(dx, dy)`` in image coordinates (``y`` grows downward)."""
+
+TRAVEL: dict[str | None, float] = {"slow": 0.22, None: 0.38, "fast": 0.55}
+"""Distance covered over the whole clip, as a fraction of the frame size (``None`` = unspecified = medium).
+At ``T = 8, size = 32`` that is 1.0, 1.74 and 2.5 pixels a frame."""
+
+SHAPE_RADIUS = 0.14
+"""Shape radius as a fraction of the frame size (4.5 px at ``size = 32``)."""
+
+
+@dataclass(frozen=True)
+class ToyAttributes:
+    """What a caption says about a video. ``speed``/``background`` are optional (``None``: not mentioned).
+
+    A ``None`` speed renders at medium speed and a ``None`` background renders dark; as a *prompt*, ``None``
+    is a wildcard (see :meth:`MixtureTeacher.match_mask`).
+    """
+
+    shape: str
+    colour: str
+    direction: str
+    speed: str | None = None
+    background: str | None = None
+
+    def __post_init__(self) -> None:
+        for (name, words), value in zip(CATEGORIES, self.as_tuple(), strict=True):
+            if value is None and name in ("speed", "background"):
+                continue
+            if value not in words:
+                raise ValueError(f"ToyAttributes.{name}={value!r} is not one of {words}.")
+
+    def as_tuple(self) -> tuple[str | None, ...]:
+        return (self.shape, self.colour, self.direction, self.speed, self.background)
+
+    def indices(self) -> tuple[int, int, int, int, int]:
+        """Index of each attribute within its category; ``-1`` for an unset speed/background."""
+        pairs = zip(CATEGORIES, self.as_tuple(), strict=True)
+        return tuple(-1 if v is None else words.index(v) for (_, words), v in pairs)  # type: ignore[return-value]
+
+    @property
+    def cell(self) -> int:
+        """The (shape, colour, direction) cell, ``0 .. NUM_CELLS - 1``."""
+        return cell_index(self)
+
+
+def cell_index(attrs: ToyAttributes) -> int:
+    """``shape * 16 + colour * 4 + direction``: the (shape, colour, direction) cell of ``attrs`` in ``0..47``."""
+    i = attrs.indices()
+    return (i[0] * len(COLOURS) + i[1]) * len(DIRECTIONS) + i[2]
+
+
+def _generator(generator: torch.Generator | int | None) -> torch.Generator:
+    if isinstance(generator, torch.Generator):
+        return generator
+    return torch.Generator().manual_seed(0 if generator is None else int(generator))
+
+
+def _uniform(g: torch.Generator, lo: float = 0.0, hi: float = 1.0) -> float:
+    return lo + (hi - lo) * float(torch.rand((), generator=g, dtype=torch.float64))
+
+
+def _choice(g: torch.Generator, options: Sequence[Any]) -> Any:
+    return options[int(torch.randint(len(options), (), generator=g))]
+
+
+def sample_attributes(generator: torch.Generator | int | None = None, p_speed: float = 0.3,
+                      p_background: float = 0.3) -> ToyAttributes:
+    """Uniform shape, colour and direction; speed/background mentioned with probability ``p_speed``/``p_background``.
+
+    Args:
+        generator: a ``torch.Generator`` (advanced in place) or an integer seed.
+    """
+    g = _generator(generator)
+    shape, colour, direction = _choice(g, SHAPES), _choice(g, COLOURS), _choice(g, DIRECTIONS)
+    speed = _choice(g, SPEEDS) if _uniform(g) < p_speed else None
+    background = _choice(g, BACKGROUNDS) if _uniform(g) < p_background else None
+    return ToyAttributes(shape, colour, direction, speed, background)
+
+
+def caption(attrs: ToyAttributes) -> str:
+    """``"a [slow|fast ]red circle moving left[ on a dark background]"``; :func:`parse_caption` inverts it."""
+    speed = f"{attrs.speed} " if attrs.speed else ""
+    bg = f" on a {attrs.background} background" if attrs.background else ""
+    return f"a {speed}{attrs.colour} {attrs.shape} moving {attrs.direction}{bg}"
+
+
+def _caption_words(text: str) -> dict[str, list[str]]:
+    """Attribute words found in ``text`` per category, in order of appearance (unknown words ignored)."""
+    found: dict[str, list[str]] = {name: [] for name, _ in CATEGORIES}
+    for word in re.findall(r"[a-z]+", text.lower()):
+        for name, words in CATEGORIES:
+            if word in words:
+                found[name].append(word)
+    return found
+
+
+def parse_caption(text: str) -> ToyAttributes | None:
+    """The attributes a caption names, or ``None`` when it lacks a shape, colour or direction or names two
+    different values of one attribute. Word order and extra words do not matter."""
+    found = _caption_words(text)
+    values: dict[str, str | None] = {}
+    for name, _ in CATEGORIES:
+        distinct = set(found[name])
+        if len(distinct) > 1:
+            return None
+        values[name] = found[name][0] if distinct else None
+    if values["shape"] is None or values["colour"] is None or values["direction"] is None:
+        return None
+    return ToyAttributes(**values)  # type: ignore[arg-type]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Rendering
+
+
+def _extent(shape: str, radius: float) -> float:
+    """Half-extent of the shape's bounding box (conservative), in pixels."""
+    return {"circle": radius, "square": 0.9 * radius, "triangle": 1.2 * radius}[shape]
+
+
+def _alpha(shape: str, centres: Tensor, size: int, radius: float) -> Tensor:
+    """Anti-aliased coverage ``[T, H, W]`` of ``shape`` centred at ``centres`` ``[T, 2]`` (x, y in pixels).
+
+    A signed distance ``d`` (pixels, negative inside) gives a 1-pixel linear ramp ``clamp(0.5 - d, 0, 1)``.
+    """
+    coords = torch.arange(size, dtype=torch.float64) + 0.5
+    dx = coords.view(1, 1, size) - centres[:, 0].view(-1, 1, 1)
+    dy = coords.view(1, size, 1) - centres[:, 1].view(-1, 1, 1)
+    if shape == "circle":
+        d = torch.sqrt(dx**2 + dy**2) - radius
+    elif shape == "square":
+        d = torch.maximum(dx.abs(), dy.abs()) - 0.9 * radius
+    else:  # equilateral triangle pointing up, circumradius 1.2 r, inradius 0.6 r
+        n = [(0.0, 1.0), (math.sqrt(3) / 2, -0.5), (-math.sqrt(3) / 2, -0.5)]
+        d = torch.stack([nx * dx + ny * dy for nx, ny in n]).amax(0) - 0.6 * radius
+    return (0.5 - d).clamp(0.0, 1.0)
+
+
+def gaussian_blur(video: Tensor, sigma: float) -> Tensor:
+    """Spatial Gaussian blur of ``[..., H, W]`` (reflect padding, separable, radius ``ceil(3 sigma)``)."""
+    if sigma <= 0:
+        return video
+    r = max(1, math.ceil(3 * sigma))
+    x = torch.arange(-r, r + 1, dtype=video.dtype, device=video.device)
+    k = torch.exp(-0.5 * (x / sigma) ** 2)
+    k = k / k.sum()
+    shape = video.shape
+    flat = video.reshape(-1, 1, shape[-2], shape[-1])
+    pad_mode = "reflect" if min(shape[-2:]) > r else "replicate"
+    flat = F.conv2d(F.pad(flat, (r, r, 0, 0), mode=pad_mode), k.view(1, 1, 1, -1))
+    flat = F.conv2d(F.pad(flat, (0, 0, r, r), mode=pad_mode), k.view(1, 1, -1, 1))
+    return flat.reshape(shape)
+
+
+def render_with_info(attrs: ToyAttributes, quality_mode: str = "good", seed: int = 0, frames: int = 8,
+                     size: int = 32) -> tuple[Tensor, dict[str, Any]]:
+    """:func:`render` plus what was drawn: ``{"centres": [T, 2] (x, y px), "colour": str, "direction": str,
+    "corruption": str}`` (the colour/direction actually rendered, which differ from ``attrs`` in ``"text"`` mode)."""
+    if quality_mode not in MODES:
+        raise ValueError(f"quality_mode={quality_mode!r}: expected one of {MODES}.")
+    if frames < 2 or size < 8:
+        raise ValueError(f"render needs frames >= 2 and size >= 8 (got frames={frames}, size={size}).")
+    g = torch.Generator().manual_seed(int(seed))
+    # Draw the start position first so that every quality mode of one seed shares the same base video.
+    u = torch.rand(2, generator=g, dtype=torch.float64)
+    colour, direction, corruption = attrs.colour, attrs.direction, "none"
+    if quality_mode == "text":
+        if _uniform(g) < 0.5:
+            colour, corruption = _choice(g, [c for c in COLOURS if c != attrs.colour]), "colour"
+        else:
+            direction, corruption = _choice(g, [d for d in DIRECTIONS if d != attrs.direction]), "direction"
+    radius = SHAPE_RADIUS * size
+    margin = _extent(attrs.shape, radius) + 1.0
+    travel = TRAVEL[attrs.speed] * size
+    vel = torch.tensor(DIRECTION_VEC[direction], dtype=torch.float64) * travel / (frames - 1)
+    start = torch.empty(2, dtype=torch.float64)
+    for ax in range(2):
+        span = abs(float(vel[ax])) * (frames - 1)
+        lo, hi = margin + (span if vel[ax] < 0 else 0.0), size - margin - (span if vel[ax] > 0 else 0.0)
+        start[ax] = (lo + hi) / 2 if hi <= lo else lo + float(u[ax]) * (hi - lo)
+    steps = torch.arange(frames, dtype=torch.float64).unsqueeze(1)
+    centres = start + steps * vel
+    if quality_mode == "motion":
+        scale = size / 32
+        if _uniform(g) < 0.5:
+            corruption = "jitter"
+            amp = _uniform(g, 1.5, 3.0) * scale
+            centres = centres + amp * (2 * torch.rand(frames, 2, generator=g, dtype=torch.float64) - 1)
+        else:
+            corruption = "jump"
+            k = int(torch.randint(2, frames - 1, (), generator=g))
+            angle = _uniform(g, 0, 2 * math.pi)
+            jump = _uniform(g, 5.0, 7.0) * scale
+            # Turn the jump (in 45-degree steps) until the frame border does not swallow it.
+            best, best_len = centres, -1.0
+            for j in range(8):
+                a = angle + j * math.pi / 4
+                moved = centres.clone()
+                moved[k:] += jump * torch.tensor([math.cos(a), math.sin(a)], dtype=torch.float64)
+                moved = moved.clamp(margin, size - margin)
+                length = float((moved[k] - centres[k]).norm())
+                if length > best_len:
+                    best, best_len = moved, length
+                if length >= 0.9 * jump:
+                    break
+            centres = best
+        centres = centres.clamp(margin, size - margin)
+    alpha = _alpha(attrs.shape, centres, size, radius).unsqueeze(1)  # [T, 1, H, W]
+    fg = torch.tensor(COLOUR_RGB[colour], dtype=torch.float64).view(1, 3, 1, 1)
+    bg = torch.tensor(BACKGROUND_RGB[attrs.background or "dark"], dtype=torch.float64).view(1, 3, 1, 1)
+    video = bg * (1 - alpha) + fg * alpha
+    if quality_mode == "visual":
+        if _uniform(g) < 0.5:
+            corruption = "noise"
+            std = _uniform(g, 0.15, 0.3)
+            video = video + std * torch.randn(video.shape, generator=g, dtype=torch.float64)
+        else:
+            corruption = "blur"
+            video = gaussian_blur(video, _uniform(g, 1.2, 2.0) * size / 32)
+    video = video.clamp(-1.0, 1.0).float()
+    return video, {"centres": centres.float(), "colour": colour, "direction": direction, "corruption": corruption}
+
+
+def render(attrs: ToyAttributes, quality_mode: str = "good", seed: int = 0, frames: int = 8, size: int = 32) -> Tensor:
+    """Render one video ``[T, 3, H, W]`` in ``[-1, 1]``, deterministic in ``(attrs, quality_mode, seed)``.
+
+    A soft-edged (1-pixel anti-aliased) shape moves with constant velocity from a random start (chosen so
+    that it stays inside the frame) over a flat background. The seed also fixes the start position, which
+    is drawn first, so the quality modes of one seed are corruptions of the same good video:
+
+    - ``"good"``: as described;
+    - ``"visual"``: strong i.i.d. Gaussian pixel noise (std 0.15-0.3) or a spatial Gaussian blur
+      (sigma 1.2-2 px at size 32), half the time each;
+    - ``"motion"``: the trajectory jitters (uniform +-1.5-3 px a frame on both axes) or jumps once
+      (5-7 px at a random frame, in a random direction the frame border does not block), half the time each;
+    - ``"text"``: the shape is drawn in another colour or moves in another direction than the caption
+      says, half the time each.
+    """
+    return render_with_info(attrs, quality_mode, seed, frames, size)[0]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The world
+
+_WORLD_CACHE: dict[tuple[Any, ...], dict[str, Any]] = {}
+
+
+class ToyWorld(Dataset):
+    """A fixed finite set of rendered videos with captions, attributes and quality-mode labels.
+
+    Video ``i`` has attributes from :func:`sample_attributes`, a quality mode drawn from ``mode_probs`` and a
+    render seed, all drawn from one generator seeded with ``seed``: the world is a pure function of its
+    arguments. Worlds are cached in memory per argument tuple (:meth:`clear_cache` frees them); the tensors
+    are shared between instances, so do not modify them in place.
+
+    Args:
+        num_videos: ``N``.
+        seed: world seed.
+        mode_probs: probability of each quality mode (normalised; keys among :data:`MODES`).
+        frames: ``T``.
+        size: ``H = W``.
+        p_speed, p_background: probability that a caption mentions a speed / a background.
+
+    Attributes:
+        videos: ``[N, T, 3, H, W]`` float32 in ``[-1, 1]``.
+        captions: ``N`` strings.
+        attributes: ``N`` :class:`ToyAttributes` (what the caption says, not what a ``"text"`` video shows).
+        modes: ``N`` mode names; ``mode_ids``: ``[N]`` long, indices into :data:`MODES`.
+        attribute_ids: ``[N, 5]`` long, :meth:`ToyAttributes.indices` of each video.
+        cells: ``[N]`` long, the (shape, colour, direction) cell of each caption.
+        seeds: ``N`` render seeds (``render(attributes[i], modes[i], seeds[i], frames, size) == videos[i]``).
+    """
+
+    def __init__(self, num_videos: int = 512, seed: int = 0, mode_probs: Mapping[str, float] | None = None,
+                 frames: int = 8, size: int = 32, p_speed: float = 0.3, p_background: float = 0.3) -> None:
+        if num_videos < 1:
+            raise ValueError(f"ToyWorld needs num_videos >= 1 (got {num_videos}).")
+        probs = dict(DEFAULT_MODE_PROBS if mode_probs is None else mode_probs)
+        unknown = set(probs) - set(MODES)
+        if unknown or any(p < 0 for p in probs.values()) or sum(probs.values()) <= 0:
+            raise ValueError(f"mode_probs={probs}: keys must be among {MODES}, values >= 0 with a positive sum.")
+        total = sum(probs.values())
+        self.mode_probs = {m: probs.get(m, 0.0) / total for m in MODES}
+        self.num_videos, self.seed, self.frames, self.size = int(num_videos), int(seed), int(frames), int(size)
+        self.p_speed, self.p_background = float(p_speed), float(p_background)
+        key = (self.num_videos, self.seed, tuple(self.mode_probs.values()), self.frames, self.size, self.p_speed,
+               self.p_background)
+        if key not in _WORLD_CACHE:
+            _WORLD_CACHE[key] = self._build()
+        data = _WORLD_CACHE[key]
+        self.videos: Tensor = data["videos"]
+        self.attributes: list[ToyAttributes] = data["attributes"]
+        self.captions: list[str] = [caption(a) for a in self.attributes]
+        self.modes: list[str] = data["modes"]
+        self.seeds: list[int] = data["seeds"]
+        self.mode_ids = torch.tensor([MODES.index(m) for m in self.modes], dtype=torch.long)
+        self.attribute_ids = torch.tensor([a.indices() for a in self.attributes], dtype=torch.long)
+        self.cells = torch.tensor([a.cell for a in self.attributes], dtype=torch.long)
+
+    def _build(self) -> dict[str, Any]:
+        g = torch.Generator().manual_seed(self.seed)
+        weights = torch.tensor([self.mode_probs[m] for m in MODES], dtype=torch.float64)
+        attributes, modes, seeds, videos = [], [], [], []
+        for _ in range(self.num_videos):
+            attrs = sample_attributes(g, self.p_speed, self.p_background)
+            mode = MODES[int(torch.multinomial(weights, 1, generator=g))]
+            rseed = int(torch.randint(0, 2**31 - 1, (), generator=g))
+            attributes.append(attrs)
+            modes.append(mode)
+            seeds.append(rseed)
+            videos.append(render(attrs, mode, rseed, self.frames, self.size))
+        return {"videos": torch.stack(videos), "attributes": attributes, "modes": modes, "seeds": seeds}
+
+    @staticmethod
+    def clear_cache() -> None:
+        """Forget every cached world."""
+        _WORLD_CACHE.clear()
+
+    def __len__(self) -> int:
+        return self.num_videos
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        """``{"video": [T, 3, H, W], "prompt": str, "mode": str, "index": int}``."""
+        return {"video": self.videos[i], "prompt": self.captions[i], "mode": self.modes[i], "index": i}
+
+    def prompts(self) -> list[str]:
+        """The distinct captions of the world, sorted."""
+        return sorted(set(self.captions))
+
+    @staticmethod
+    def cell_prompts() -> list[str]:
+        """One caption per (shape, colour, direction) cell (no speed, no background), in cell order (48)."""
+        return [caption(ToyAttributes(s, c, d)) for s in SHAPES for c in COLOURS for d in DIRECTIONS]
+
+    def good_mask(self) -> Tensor:
+        """``[N]`` bool: the videos rendered in the ``"good"`` mode."""
+        return self.mode_ids == MODES.index("good")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Text encoder
+
+
+class ToyTextEncoder(nn.Module):
+    """Deterministic structured embeddings ``[B, L=4, D]`` of toy captions, and their inverse.
+
+    Token 0 holds the shape word, 1 the colour, 2 the direction and 3 the sum of the speed and background
+    words (each optional). Each of the 15 attribute words has a fixed vector: its one-hot code in ``D``
+    dimensions plus ``mix`` times a fixed random Gaussian vector (seeded), so the embeddings are dense but
+    linearly independent and exactly invertible (:meth:`decode_indices`). Unknown words are ignored; the
+    empty prompt (and any prompt without attribute words) encodes to zeros, the unconditional/negative prompt
+    of classifier-free guidance. When a category is named twice the first word counts.
+
+    Args:
+        dim: ``D`` (at least 15).
+        mix: weight of the random part of each word vector.
+        seed: seed of the random part.
+    """
+
+    length = 4
+
+    def __init__(self, dim: int = 32, mix: float = 0.3, seed: int = 0) -> None:
+        super().__init__()
+        if dim < len(VOCAB):
+            raise ValueError(f"ToyTextEncoder needs dim >= {len(VOCAB)} (one code per attribute word); got {dim}.")
+        self.dim, self.mix, self.seed = int(dim), float(mix), int(seed)
+        g = torch.Generator().manual_seed(self.seed)
+        table = torch.eye(len(VOCAB), self.dim, dtype=torch.float64)
+        table = table + self.mix * torch.randn(len(VOCAB), self.dim, generator=g, dtype=torch.float64) / math.sqrt(dim)
+        self.register_buffer("table", table.float(), persistent=False)  # [V, D]
+        self.register_buffer("table_pinv", torch.linalg.pinv(table).float(), persistent=False)  # [D, V]
+        offsets, start = [], 0
+        for _, words in CATEGORIES:
+            offsets.append(start)
+            start += len(words)
+        self._offsets = offsets
+        self._slot = (0, 1, 2, 3, 3)  # token of each category
+
+    @torch.no_grad()
+    def encode(self, prompts: Sequence[str]) -> Tensor:
+        """``[B, 4, D]`` embeddings of ``B`` prompts (on the encoder's device and dtype)."""
+        if isinstance(prompts, str):
+            raise TypeError("ToyTextEncoder.encode takes a sequence of prompts, not one string.")
+        out = torch.zeros(len(prompts), self.length, self.dim, device=self.table.device, dtype=self.table.dtype)
+        for b, p in enumerate(prompts):
+            found = _caption_words(p)
+            for c, (name, words) in enumerate(CATEGORIES):
+                if found[name]:
+                    out[b, self._slot[c]] += self.table[self._offsets[c] + words.index(found[name][0])]
+        return out
+
+    @torch.no_grad()
+    def decode_indices(self, cond: Tensor, threshold: float = 0.5) -> Tensor:
+        """``[B, 5]`` long: the index of each category's word in ``cond`` ``[B, 4, D]``, ``-1`` when absent.
+
+        Word coefficients are recovered with the pseudo-inverse of the word table; a category is present when
+        its largest coefficient in its token exceeds ``threshold``.
+        """
+        if cond.ndim != 3 or cond.shape[1] != self.length or cond.shape[2] != self.dim:
+            raise ValueError(f"cond must be [B, {self.length}, {self.dim}] from this ToyTextEncoder; got "
+                             f"{tuple(cond.shape)}. Use the same `dim` for the text encoder and the teacher.")
+        coeff = cond.float() @ self.table_pinv.to(cond.device, torch.float32)  # [B, 4, V]
+        out = []
+        for c, (_, words) in enumerate(CATEGORIES):
+            sub = coeff[:, self._slot[c], self._offsets[c]: self._offsets[c] + len(words)]
+            best, idx = sub.max(-1)
+            out.append(torch.where(best > threshold, idx, torch.full_like(idx, -1)))
+        return torch.stack(out, dim=1)
+
+    def decode_attributes(self, cond: Tensor) -> list[ToyAttributes | None]:
+        """The attributes encoded in ``cond`` ``[B, 4, D]``; ``None`` where shape, colour or direction is absent
+        (in particular for the empty prompt)."""
+        result: list[ToyAttributes | None] = []
+        for row in self.decode_indices(cond).tolist():
+            if min(row[:3]) < 0:
+                result.append(None)
+                continue
+            vals = [None if i < 0 else words[i] for (_, words), i in zip(CATEGORIES, row, strict=True)]
+            result.append(ToyAttributes(*vals))
+        return result
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The exact teacher
+
+
+class MixtureTeacher(nn.Module):
+    """The exact posterior-mean denoiser ``E[x0 | x_t, prompt]`` of a :class:`ToyWorld` (a Denoiser).
+
+    The world is an empirical distribution: ``p(x0 | prompt)`` is uniform over the ``N_c`` videos whose caption
+    matches the prompt. With ``x_t = (1 - s) x0 + s eps``, ``eps ~ N(0, I)``, Bayes gives the exact denoiser
+
+        ``w_i ∝ exp(-||x_t - (1 - s) x_i||^2 / (2 s^2))``,  ``x0_hat = sum_i w_i x_i``
+
+    over the matching videos. Why an exact denoiser rather than a trained teacher: its distribution is known,
+    so the questions Stream-R1 (arXiv 2605.03849) asks - does reward-weighted DMD move the student toward the
+    teacher's high-quality modes instead of its whole mixture? - have exact answers here: every teacher mode is
+    a world video with a known quality label, and :meth:`posterior` tells which mode a sample belongs to. The
+    flawed (``"visual"``, ``"motion"``, ``"text"``) videos are genuine modes of this teacher, exactly like the
+    failure modes of a real video teacher that plain DMD reproduces.
+
+    Details:
+        - matching: each attribute the prompt names (decoded from ``cond`` with ``text_encoder``) must equal the
+          caption's; attributes the prompt leaves out are wildcards, so the empty/zero embedding gives the
+          unconditional mixture of all videos. If no video matches, the videos matching the most named
+          attributes are used (the nearest captions), so the output is always defined;
+        - timesteps: ``t`` is ``[B]`` (or ``[B, F]`` per-frame noise levels, as in diffusion forcing, where the
+          likelihood is the product over frames), ``s = t / 1000`` clamped to ``[min_sigma, 1]``: as ``s -> 0``
+          the posterior concentrates on the nearest matching video, at ``s = 1`` it is uniform (the mean);
+        - numerics: squared distances and log-weights in float64, normalised with ``logsumexp``; the bank is
+          held in float64, vectorised over videos (one ``einsum``, no loop);
+        - regime: in ``8 x 3 x 32 x 32`` dimensions the posterior of a forward-noised world video commits to one
+          video early: for a 512-video world and a caption prompt, the effective number of videos
+          ``exp(entropy)`` is about 6-8 at ``t = 980``, 1.3 at ``t = 900`` and 1.0 from ``t = 800`` down. So the
+          teacher's mixture structure lives at high noise, which is where shifted DMD timesteps concentrate.
+
+    Args:
+        world: the world; built from ``num_videos``/``seed``/``mode_probs``/``frames``/``size`` when ``None``.
+        text_encoder: decodes ``cond``; a ``ToyTextEncoder(dim=text_dim)`` when ``None``.
+        min_sigma: smallest ``s`` used.
+    """
+
+    def __init__(self, world: ToyWorld | None = None, text_encoder: ToyTextEncoder | None = None, *,
+                 num_videos: int = 512, seed: int = 0, mode_probs: dict[str, float] | None = None, frames: int = 8,
+                 size: int = 32, text_dim: int = 32, min_sigma: float = 1e-4) -> None:
+        super().__init__()
+        self.world = world if world is not None else ToyWorld(num_videos, seed, mode_probs, frames, size)
+        self.text_encoder = text_encoder if text_encoder is not None else ToyTextEncoder(dim=text_dim)
+        self.min_sigma = float(min_sigma)
+        bank = self.world.videos.to(torch.float64)
+        n, t = bank.shape[:2]
+        self.register_buffer("bank", bank.reshape(n, t, -1), persistent=False)  # [N, F, Q]
+        self.register_buffer("bank_sq", self.bank.pow(2).sum(-1), persistent=False)  # [N, F]
+        self.register_buffer("attribute_ids", self.world.attribute_ids.clone(), persistent=False)  # [N, 5]
+        self.sample_shape = tuple(self.world.videos.shape[1:])
+
+    def _apply(self, fn: Any, recurse: bool = True) -> MixtureTeacher:
+        """Device moves apply to the bank; dtype casts (e.g. a bf16 precision plugin) do not: it stays float64."""
+        bank, bank_sq = self.bank, self.bank_sq
+        super()._apply(fn, recurse)
+        self.bank, self.bank_sq = bank.to(self.bank.device), bank_sq.to(self.bank.device)
+        return self
+
+    def match_mask(self, cond: Tensor) -> Tensor:
+        """``[B, N]`` bool: the videos each prompt's mixture is restricted to (see the class docstring)."""
+        q = self.text_encoder.decode_indices(cond).to(self.attribute_ids.device)  # [B, 5]
+        ok = (q.unsqueeze(1) < 0) | (q.unsqueeze(1) == self.attribute_ids.unsqueeze(0))  # [B, N, 5]
+        score = ok.sum(-1)
+        return score == score.amax(dim=1, keepdim=True)
+
+    def _sigmas(self, t: Tensor, batch: int, frames: int) -> Tensor:
+        t = torch.as_tensor(t, device=self.bank.device).to(torch.float64)
+        if t.ndim == 0:
+            t = t.expand(batch)
+        if t.ndim == 1:
+            t = t.unsqueeze(1).expand(batch, frames)
+        if t.shape != (batch, frames):
+            raise ValueError(f"t must be [B], [B, F] or a scalar; got {tuple(t.shape)} for B={batch}, F={frames}.")
+        return (t / NUM_TRAIN_TIMESTEPS).clamp(self.min_sigma, 1.0)
+
+    def log_posterior(self, x_t: Tensor, t: Tensor, cond: Tensor) -> Tensor:
+        """``[B, N]`` float64 normalised log posterior ``log p(x0 = x_i | x_t, prompt)`` (``-inf`` off-prompt)."""
+        if tuple(x_t.shape[1:]) != self.sample_shape:
+            raise ValueError(f"x_t must be [B, *{self.sample_shape}] (the world's video shape); "
+                             f"got {tuple(x_t.shape)}.")
+        b, f = x_t.shape[:2]
+        s = self._sigmas(t, b, f)  # [B, F]
+        a = 1.0 - s
+        xt = x_t.detach().to(self.bank.device, torch.float64).reshape(b, f, -1)  # [B, F, Q]
+        cross = torch.einsum("bfq,nfq->bnf", xt, self.bank)  # [B, N, F]
+        sq = xt.pow(2).sum(-1).unsqueeze(1) - 2 * a.unsqueeze(1) * cross + (a**2).unsqueeze(1) * self.bank_sq
+        logits = -(sq.clamp_min(0.0) / (2 * s.unsqueeze(1) ** 2)).sum(-1)  # [B, N]
+        logits = logits.masked_fill(~self.match_mask(cond), float("-inf"))
+        return logits - torch.logsumexp(logits, dim=1, keepdim=True)
+
+    def posterior(self, x_t: Tensor, t: Tensor, cond: Tensor) -> Tensor:
+        """``[B, N]`` float64 posterior weights ``w_i`` (rows sum to 1)."""
+        return self.log_posterior(x_t, t, cond).exp()
+
+    @torch.no_grad()
+    def forward(self, x_t: Tensor, t: Tensor, cond: Tensor) -> Tensor:
+        """``x_t [B, F, C, H, W]``, ``t [B]`` (0..1000), ``cond [B, L, D]`` -> ``x0_hat [B, F, C, H, W]``."""
+        w = self.posterior(x_t, t, cond)
+        x0 = torch.einsum("bn,nfq->bfq", w, self.bank)
+        return x0.reshape(x_t.shape).to(device=x_t.device, dtype=x_t.dtype)
