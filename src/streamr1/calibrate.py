@@ -38,6 +38,7 @@ def calibrate(trainer: Trainer, module: DMDModule, datamodule: LightningDataModu
     from streamr1.rewards.service import find_reward_service
 
     service = find_reward_service(trainer)
+    service.prepare(module.device)
     reward = service.model
     if video_dir is not None:
         from streamr1.data.videos import VideoFolderDataset
