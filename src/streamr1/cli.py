@@ -61,7 +61,24 @@ class StreamR1Trainer(Trainer):
 
 
 class StreamR1CLI(LightningCLI):
-    """LightningCLI with the settings streamr1 needs (NOTES.md, "Lightning")."""
+    """LightningCLI with the settings streamr1 needs (NOTES.md, "Lightning").
+
+    Checkpoint files are written atomically (:class:`~streamr1.checkpoint.AtomicCheckpointIO`) unless
+    ``trainer.plugins`` names another ``CheckpointIO``.
+    """
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        """The configured trainer, with :class:`~streamr1.checkpoint.AtomicCheckpointIO` added when no
+        ``CheckpointIO`` plugin is configured."""
+        from lightning.fabric.plugins import CheckpointIO
+
+        from streamr1.checkpoint import AtomicCheckpointIO
+
+        plugins = kwargs.get("plugins", self._get(self.config_init, "trainer", default={}).get("plugins"))
+        plugins = [] if plugins is None else list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
+        if not any(isinstance(p, CheckpointIO) for p in plugins):
+            kwargs["plugins"] = [*plugins, AtomicCheckpointIO()]
+        return super().instantiate_trainer(**kwargs)
 
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
@@ -72,10 +89,15 @@ class StreamR1CLI(LightningCLI):
         }
 
 
-def main(args: list[str] | None = None) -> StreamR1CLI:
-    """Entry point of the ``streamr1`` console script."""
+def main(args: list[str] | None = None) -> StreamR1CLI | None:
+    """Entry point of the ``streamr1`` console script.
+
+    Returns the CLI (its ``trainer``, ``model``, ``datamodule``) when called with ``args``, and ``None`` when it reads
+    ``sys.argv``: the console script hands the return value to ``sys.exit``, which would print any other object and
+    exit with status 1, and torchrun and SLURM take that for a failed worker.
+    """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is ever fetched from a hub at run time
-    return StreamR1CLI(
+    cli = StreamR1CLI(
         DMDModule,
         LightningDataModule,
         subclass_mode_data=True,
@@ -84,6 +106,7 @@ def main(args: list[str] | None = None) -> StreamR1CLI:
         save_config_kwargs={"overwrite": True},
         args=args,
     )
+    return cli if args is not None else None
 
 
 if __name__ == "__main__":  # pragma: no cover

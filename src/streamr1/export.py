@@ -1,4 +1,9 @@
-"""Export the student as a plain diffusers ``WanTransformer3DModel`` folder (EMA weights when present)."""
+"""Export the student as a plain diffusers ``WanTransformer3DModel`` folder (EMA weights when present).
+
+Reads both checkpoint layouts Lightning writes: a single ``.ckpt`` file (single device, DDP) and the sharded
+folder of ``ModelParallelStrategy`` (FSDP2; ``torch.distributed.checkpoint`` shards plus ``meta.pt``), the latter on
+one process without a process group. Only the student's tensors are read from the shards.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +24,35 @@ def _ema_shadow(checkpoint: dict) -> dict[str, torch.Tensor] | None:
     return None
 
 
+def _read_student(ckpt_path: str, student: torch.nn.Module) -> tuple[dict[str, torch.Tensor], dict]:
+    """The student's state dict and the rest of the checkpoint (callbacks, counters) from a file or sharded folder."""
+    prefix = "student."
+    if os.path.isdir(ckpt_path):
+        import torch.distributed.checkpoint as dcp
+
+        meta_path = os.path.join(ckpt_path, "meta.pt")
+        if not os.path.isfile(meta_path):
+            raise ValueError(f"{ckpt_path!r} is a folder but not a sharded Lightning checkpoint (no meta.pt).")
+        own = student.state_dict()
+        wanted = {"state_dict": {prefix + k: torch.empty_like(v, device="cpu") for k, v in own.items()}}
+        try:
+            dcp.load(wanted, checkpoint_id=ckpt_path, no_dist=True)
+        except Exception as err:  # DCP names the missing or mis-shaped keys; say which recipe to use
+            raise ValueError(
+                f"The sharded checkpoint {ckpt_path!r} does not hold this recipe's student: {err}. "
+                "Export with the recipe (model sizes) that wrote it."
+            ) from err
+        sd = {k[len(prefix):]: v for k, v in wanted["state_dict"].items()}
+        return sd, torch.load(meta_path, map_location="cpu", weights_only=False)
+    if not os.path.isfile(ckpt_path):
+        raise FileNotFoundError(f"Checkpoint not found: {ckpt_path!r} (pass --ckpt_path to an existing .ckpt).")
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    sd = {k[len(prefix):]: v for k, v in ckpt.get("state_dict", {}).items() if k.startswith(prefix)}
+    if not sd:
+        raise ValueError(f"{ckpt_path!r} holds no student weights (no 'student.*' keys).")
+    return sd, ckpt
+
+
 def export_student(module: LightningModule, output_dir: str, ckpt_path: str | None = None, use_ema: bool = True) -> str:
     """Write ``module.student``'s transformer to ``output_dir`` with ``save_pretrained``.
 
@@ -26,7 +60,8 @@ def export_student(module: LightningModule, output_dir: str, ckpt_path: str | No
         module: a :class:`~streamr1.module.DMDModule` built from the recipe that wrote the checkpoint.
         output_dir: target folder; written beside it first and renamed into place, so a crash leaves either the
             old folder or the new one, never half of one.
-        ckpt_path: the checkpoint; ``None`` exports the module's current student.
+        ckpt_path: the checkpoint (a ``.ckpt`` file or an FSDP2 sharded folder); ``None`` exports the module's
+            current student.
         use_ema: use the :class:`~streamr1.callbacks.ema.StudentEMA` weights when the checkpoint holds them.
 
     Returns:
@@ -34,13 +69,7 @@ def export_student(module: LightningModule, output_dir: str, ckpt_path: str | No
     """
     student = module.student
     if ckpt_path is not None:
-        if not os.path.isfile(ckpt_path):
-            raise FileNotFoundError(f"Checkpoint not found: {ckpt_path!r} (pass --ckpt_path to an existing .ckpt).")
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        prefix = "student."
-        sd = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
-        if not sd:
-            raise ValueError(f"{ckpt_path!r} holds no student weights (no 'student.*' keys).")
+        sd, ckpt = _read_student(ckpt_path, student)
         student.load_state_dict(sd)
         shadow = _ema_shadow(ckpt) if use_ema else None
         if shadow is not None:

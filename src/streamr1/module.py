@@ -17,11 +17,14 @@ heat-map period) use ``student_steps``.
 
 from __future__ import annotations
 
+import random
 import time
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
@@ -37,6 +40,100 @@ FROZEN_PREFIXES = ("teacher.", "text_encoder.", "vae.", "evaluator.")
 
 def _attr(module: Any, name: str) -> Any:
     return getattr(module, name, None)
+
+
+def _drop_frozen_keys(module: nn.Module, state_dict: dict[str, Any], prefix: str, local_metadata: Any) -> None:
+    """``state_dict`` post-hook: remove the frozen submodules' entries (see :data:`FROZEN_PREFIXES`)."""
+    for key in [k for k in state_dict if k.startswith(prefix) and k[len(prefix):].startswith(FROZEN_PREFIXES)]:
+        del state_dict[key]
+
+
+def _ignore_missing_frozen_keys(module: nn.Module, incompatible_keys: Any) -> None:
+    """``load_state_dict`` post-hook: frozen weights are never in a checkpoint, so they are not "missing"."""
+    missing = incompatible_keys.missing_keys
+    missing[:] = [k for k in missing if not k.startswith(FROZEN_PREFIXES)]
+
+
+def _move_parameters(module: nn.Module, device: torch.device) -> None:
+    """Move ``module``'s parameters (not its buffers) to ``device`` in place, keeping the Parameter objects.
+
+    Buffers stay where they are: they are small (Wan's rotary tables) and DDP broadcasts them every forward, which
+    NCCL cannot do from host memory.
+    """
+    for p in module.parameters():
+        if p.device != device:
+            p.data = p.data.to(device)
+
+
+def _collect_rng_state() -> dict[str, Any]:
+    """This process' global RNG states (torch CPU and CUDA, numpy, python) in a ``weights_only``-loadable form."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": (str(kind), torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)),
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["torch.cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    """Inverse of :func:`_collect_rng_state`."""
+    torch.set_rng_state(state["torch"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    if "torch.cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["torch.cuda"])
+
+
+def _broadcast_from_first(model: nn.Module, mesh: Any) -> None:
+    """Give every rank of ``mesh`` the parameters and buffers of its first rank (before sharding them).
+
+    ``fully_shard`` keeps each rank's own slice of its own copy, so ranks whose copies differ (a random init under
+    per-rank seeds) would otherwise train a patchwork of several models. DDP does the same broadcast when it wraps
+    a model. One tensor at a time through the mesh's device (NCCL cannot send host memory): a single extra copy of
+    the largest tensor, and a model-sized broadcast once per fit.
+    """
+    import torch.distributed as dist
+
+    group = mesh.get_group()
+    src = dist.get_global_rank(group, 0)
+    device = torch.device(mesh.device_type, torch.cuda.current_device()) if mesh.device_type == "cuda" \
+        else torch.device(mesh.device_type)
+    with torch.no_grad():
+        for t in [*model.parameters(), *model.buffers()]:
+            if t.device.type == "meta":
+                continue
+            buf = t.detach().to(device)
+            dist.broadcast(buf, src=src, group=group)
+            t.copy_(buf)
+
+
+def _fsdp_shard(model: nn.Module, mesh: Any, offload: bool = False) -> None:
+    """``fully_shard`` each transformer block of ``model``, then its transformer (idempotent).
+
+    ``model`` is a denoiser with a ``transformer`` (Wan) or any module; one without parameters (the toy teacher) is
+    left alone. The transformer is the FSDP root: every call (``forward``, the student's ``chunk_x0``) goes through
+    its ``forward``, so FSDP's hooks run; wrappers around it must own no parameters. The root reshards after every
+    forward too (FSDP2 keeps a root's parameters gathered until backward by default, and the teacher has none).
+    """
+    from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, OffloadPolicy, fully_shard
+
+    root = getattr(model, "transformer", model)
+    if isinstance(root, FSDPModule) or not any(True for _ in model.parameters()):
+        return
+    inside = {id(p) for p in root.parameters()}
+    outside = [n for n, p in model.named_parameters() if id(p) not in inside]
+    if outside:
+        raise ValueError(f"Cannot shard {type(model).__name__}: parameters outside its transformer ({outside[:3]}).")
+    _broadcast_from_first(model, mesh)
+    policy = CPUOffloadPolicy() if offload else OffloadPolicy()
+    for block in getattr(root, "blocks", []):
+        fully_shard(block, mesh=mesh, reshard_after_forward=True, offload_policy=policy)
+    fully_shard(root, mesh=mesh, reshard_after_forward=True, offload_policy=policy)
 
 
 class DMDModule(pl.LightningModule):
@@ -71,6 +168,14 @@ class DMDModule(pl.LightningModule):
             e.g. the toy world's oracle metrics. Never used in training.
         log_val_videos: validation samples logged as animated GIFs to TensorBoard (first batch; 0 = none).
         seed: seed of the module's control-flow generator (exit steps), broadcast from rank 0.
+        offload_teacher: keep the teacher's parameters on the CPU and move them to the compute device only inside
+            :meth:`teacher_x0` (saves the teacher's whole size of accelerator memory between uses, e.g. 28 GB for a
+            bf16 14B teacher, at the cost of two host-device copies per student turn). With
+            ``ModelParallelStrategy`` the sharded teacher is offloaded by FSDP2 instead (``CPUOffloadPolicy``).
+
+    Distributed: under Lightning's ``ModelParallelStrategy`` (FSDP2), :meth:`configure_model` shards student, critic
+    and teacher with ``fully_shard`` per transformer block, then the transformer. Frozen submodules (teacher, text
+    encoder, VAE, evaluator) are left out of :meth:`state_dict` and therefore out of every checkpoint, sharded or not.
 
     Example::
 
@@ -102,6 +207,7 @@ class DMDModule(pl.LightningModule):
         evaluator: nn.Module | None = None,
         log_val_videos: int = 4,
         seed: int = 0,
+        offload_teacher: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=[
@@ -127,6 +233,13 @@ class DMDModule(pl.LightningModule):
         # and saved in checkpoints so a resumed run draws the same sequence.
         self._control_rng = torch.Generator().manual_seed(seed)
         self._neg_cond: Tensor | None = None
+        # Per-rank global RNG states read from a checkpoint, applied right before the first training batch after a
+        # resume (later than on_load_checkpoint: Lightning draws from the global RNG while it sets up the loops).
+        self._pending_rng: dict[str, Any] | None = None
+        # Frozen weights reload from their own files: keep them out of state_dict() (and so out of checkpoints,
+        # sharded ones included) and let load_state_dict(strict=True) accept their absence.
+        self.register_state_dict_post_hook(_drop_frozen_keys)
+        self.register_load_state_dict_post_hook(_ignore_missing_frozen_keys)
         self._check_compatible()
 
     # ------------------------------------------------------------------ validation of the recipe
@@ -204,8 +317,19 @@ class DMDModule(pl.LightningModule):
     def teacher_x0(self, x_t: Tensor, t: Tensor, cond: Tensor) -> Tensor:
         """Guided ``x0_real`` (SPEC §3.2): conditional and unconditional branches in one batched call."""
         b = x_t.shape[0]
-        both = self.teacher(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([cond, self.negative_cond(b)]))
+        offload = self._offloads_teacher()
+        if offload:
+            _move_parameters(self.teacher, x_t.device)
+        try:
+            both = self.teacher(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([cond, self.negative_cond(b)]))
+        finally:
+            if offload:
+                _move_parameters(self.teacher, torch.device("cpu"))
         return cfg_x0(both[:b], both[b:], self.hparams.guidance_scale)
+
+    def _offloads_teacher(self) -> bool:
+        """Whether :meth:`teacher_x0` moves an unsharded teacher in and out (``offload_teacher``, not FSDP)."""
+        return bool(self.hparams.get("offload_teacher", False)) and self._device_mesh is None
 
     # ------------------------------------------------------------------ the two turns
     def student_loss(self, prompts: Sequence[str], cond: Tensor) -> tuple[Tensor, RolloutContext]:
@@ -327,8 +451,42 @@ class DMDModule(pl.LightningModule):
         return [opt_s, opt_c], scheds
 
     # ------------------------------------------------------------------ lifecycle
+    def configure_model(self) -> None:
+        """Shard student, critic and teacher with FSDP2 under ``ModelParallelStrategy``; a no-op otherwise.
+
+        Each transformer block gets its own ``fully_shard`` group, then the transformer (the FSDP root). Idempotent:
+        Lightning may call this hook more than once (fit, then validate). Sharding runs over the mesh's
+        ``data_parallel`` dimension: set ``data_parallel_size`` to the world size and ``tensor_parallel_size: 1``
+        (configs/fsdp.yaml); streamr1 has no tensor parallelism. The teacher is sharded like the others (it holds no
+        optimizer state and gets no gradient: it is frozen and not in any optimizer); with ``offload_teacher`` its
+        shards live on the CPU (FSDP2 ``CPUOffloadPolicy``, GPU only).
+        """
+        mesh = self._device_mesh
+        if mesh is None:
+            return
+        names = mesh.mesh_dim_names or ()
+        if "tensor_parallel" in names and mesh["tensor_parallel"].size() > 1:
+            raise ValueError(
+                "streamr1 shards with FSDP2 only (no tensor parallelism), but the device mesh is "
+                f"{dict(zip(names, mesh.shape, strict=True))}: "
+                "set the strategy's `data_parallel_size` to the number of processes (nodes x devices) and "
+                "`tensor_parallel_size: 1` (see configs/fsdp.yaml)."
+            )
+        dp = mesh["data_parallel"] if "data_parallel" in names else mesh
+        offload = bool(self.hparams.get("offload_teacher", False)) and dp.device_type != "cpu"
+        _fsdp_shard(self.student, dp)
+        _fsdp_shard(self.critic, dp)
+        _fsdp_shard(self.teacher, dp, offload=offload)
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        if self._pending_rng is not None:
+            _set_rng_state(self._pending_rng)
+            self._pending_rng = None
+
     def on_fit_start(self) -> None:
         hp = self.hparams
+        if self._offloads_teacher():
+            _move_parameters(self.teacher, torch.device("cpu"))  # the strategy moved the whole module to the device
         if hp.critic_init_from_student and self.student_steps == 0 and self.critic_steps == 0:
             src = self.student.transformer.state_dict()
             dst = self.critic.transformer
@@ -355,7 +513,20 @@ class DMDModule(pl.LightningModule):
             "micro_batches": self.micro_batches,
             "control_rng": self._control_rng.get_state(),
             "latent_shape": list(self.latent_shape),
+            # one entry per rank, in rank order: each rank resumes its own noise stream
+            "global_rng": self._gather_rng_states(),
         }
+
+    def _gather_rng_states(self) -> list[dict[str, Any]]:
+        """Every rank's global RNG state (collective under a distributed run: all ranks call ``on_save_checkpoint``)."""
+        state = _collect_rng_state()
+        if self._trainer is None or self.trainer.world_size == 1:
+            return [state]
+        if not torch.distributed.is_available() or not torch.distributed.is_initialized():
+            return [state]
+        states: list[Any] = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(states, state)
+        return states
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("streamr1")
@@ -377,13 +548,23 @@ class DMDModule(pl.LightningModule):
                     f"{len(mismatched)} tensors of another shape (e.g. {mismatched[:3]}), {len(missing)} missing "
                     f"(e.g. {missing[:3]}). Resume with the recipe (model sizes) that wrote it."
                 )
-            for k, v in own.items():  # frozen weights come from their own files, not the checkpoint
-                if k.startswith(FROZEN_PREFIXES):
-                    sd[k] = v
+            # Frozen weights come from their own files, not the checkpoint: state_dict() leaves them out and
+            # load_state_dict(strict=True) does not count them as missing (hooks registered in __init__).
         self.student_steps = int(state["student_steps"])
         self.critic_steps = int(state["critic_steps"])
         self.micro_batches = int(state["micro_batches"])
         self._control_rng.set_state(state["control_rng"])
+        rng = state.get("global_rng")
+        if rng:
+            world = self.trainer.world_size if self._trainer is not None else 1
+            rank = self.trainer.global_rank if self._trainer is not None else 0
+            if len(rng) == world:
+                self._pending_rng = rng[rank]
+            else:
+                warnings.warn(
+                    f"The checkpoint holds RNG states of {len(rng)} processes, this run has {world}: the resumed run "
+                    "draws different noise than an uninterrupted one would.", stacklevel=2,
+                )
 
     # ------------------------------------------------------------------ sampling
     @torch.no_grad()

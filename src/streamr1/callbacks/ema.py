@@ -4,6 +4,11 @@ Lightning's ``EMAWeightAveraging`` deep-copies the whole LightningModule (teache
 too), updates on critic steps as well and does not support sharding (NOTES.md). This one keeps
 a shadow copy of the student's parameters only, updates once per student optimizer step, and
 works on sharded (DTensor) parameters because every operation is elementwise.
+
+Checkpoints: :meth:`StudentEMA.state_dict` holds full (unsharded) CPU tensors whatever the strategy, so the
+state fits Lightning's callback section of any checkpoint (in a sharded FSDP2 checkpoint that section is
+written by rank 0 alone) and can be exported without the strategy that wrote it. On load the shadow is put
+back in the student's own layout (device, and the parameters' DTensor sharding) before its first use.
 """
 
 from __future__ import annotations
@@ -51,6 +56,29 @@ class StudentEMA(Callback):
     def state_key(self) -> str:
         return self._generate_state_key(decay=self.decay, start_step=self.start_step)
 
+    def _align(self, params: dict[str, Tensor]) -> None:
+        """Put every shadow tensor in its parameter's layout: device, and DTensor sharding (after a load).
+
+        Raises:
+            ValueError: the shadow does not belong to this student (other names or shapes).
+        """
+        from torch.distributed.tensor import DTensor, distribute_tensor
+
+        for k, v in list(self.shadow.items()):
+            p = params.get(k)
+            if p is None or tuple(p.shape) != tuple(v.shape):
+                raise ValueError(
+                    f"EMA state does not match the student (parameter {k!r}): resume with the same recipe."
+                )
+            if isinstance(p, DTensor):
+                if not isinstance(v, DTensor):  # a full tensor from a checkpoint: keep this rank's shard only
+                    v = distribute_tensor(v.to(p.device), p.device_mesh, p.placements, src_data_rank=None)
+            elif isinstance(v, DTensor):
+                v = v.full_tensor()
+            if v.device != p.device:
+                v = v.to(p.device)
+            self.shadow[k] = v
+
     @torch.no_grad()
     def update(self, student: torch.nn.Module) -> None:
         """One EMA update from the student's current weights (copy at the first call)."""
@@ -58,6 +86,7 @@ class StudentEMA(Callback):
         if not self.shadow:
             self.shadow = {k: p.detach().clone() for k, p in params.items()}
             return
+        self._align(params)
         for k, p in params.items():
             self.shadow[k].lerp_(p.detach().to(self.shadow[k].dtype), 1.0 - self.decay)
 
@@ -76,6 +105,7 @@ class StudentEMA(Callback):
             yield student
             return
         params = dict(student.named_parameters())
+        self._align(params)
         backup = {k: p.detach().clone() for k, p in params.items()}
         with torch.no_grad():
             for k, p in params.items():
@@ -89,7 +119,9 @@ class StudentEMA(Callback):
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        shadow = {k: v if hasattr(v, "full_tensor") else v.detach().cpu() for k, v in self.shadow.items()}
+        """Full CPU tensors; gathers DTensor shards (a collective: Lightning calls this on every rank)."""
+        shadow = {k: (v.full_tensor() if hasattr(v, "full_tensor") else v).detach().cpu()
+                  for k, v in self.shadow.items()}
         return {"shadow": shadow,
                 "last_student_step": self._last_student_step}
 
@@ -100,10 +132,5 @@ class StudentEMA(Callback):
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        params = dict(pl_module.student.named_parameters())
-        for k, v in list(self.shadow.items()):
-            if k not in params or params[k].shape != v.shape:
-                raise ValueError(
-                    f"EMA state does not match the student (parameter {k!r}): resume with the same recipe."
-                )
-            self.shadow[k] = v.to(params[k].device)
+        # Under ModelParallelStrategy the checkpoint is restored after this hook: update()/swapped() align again.
+        self._align(dict(pl_module.student.named_parameters()))

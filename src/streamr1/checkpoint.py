@@ -1,0 +1,102 @@
+"""Crash-safe checkpoint files: write to a temporary file, fsync, then rename over the target.
+
+A crash, a kill or Ctrl-C while a checkpoint is being written must never leave a truncated
+``last.ckpt`` behind: the run could then not resume at all. :class:`AtomicCheckpointIO` writes the
+whole checkpoint to ``<path>.tmp-<pid>`` beside the target, flushes it to disk, and only then
+``os.replace``-s it over ``<path>`` (atomic on POSIX and Windows within one file system), and
+fsyncs the folder so that the rename itself survives a power loss. An interrupted save leaves the
+previous checkpoint untouched and removes its temporary file (a hard kill may leave the
+``.tmp-<pid>`` file, never a broken target).
+
+``streamr1``'s CLI installs this plugin by default (:class:`streamr1.cli.StreamR1CLI`); pass
+another ``CheckpointIO`` in ``trainer.plugins`` to replace it. Sharded FSDP2 checkpoints
+(``ModelParallelStrategy`` with ``save_distributed_checkpoint=True``, a folder) are written by
+``torch.distributed.checkpoint`` and do not go through a ``CheckpointIO``.
+
+Example::
+
+    trainer:
+      plugins:
+        - class_path: streamr1.checkpoint.AtomicCheckpointIO
+
+.. code-block:: python
+
+    trainer = Trainer(plugins=[AtomicCheckpointIO()])
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Any
+
+import torch
+from lightning.fabric.plugins import TorchCheckpointIO
+from lightning.fabric.utilities.types import _PATH
+from typing_extensions import override
+
+
+def _fsync_dir(path: str) -> None:
+    """Make a rename inside ``path`` durable (no-op where folders cannot be opened, e.g. Windows)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_torch_save(obj: Any, path: _PATH) -> None:
+    """``torch.save(obj, path)`` that never leaves a partly written ``path``: temporary file, fsync, rename.
+
+    Args:
+        obj: anything ``torch.save`` accepts.
+        path: a local file path; its folder is created if needed.
+
+    Raises:
+        Whatever ``torch.save`` or the file system raises; ``path`` is then unchanged and the temporary file removed.
+    """
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # KeyboardInterrupt included: never leave the temporary file behind
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise
+    _fsync_dir(folder)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning ``CheckpointIO`` whose saves are atomic: a checkpoint file is either the old one or the new one.
+
+    Local paths are written by :func:`atomic_torch_save`; remote URLs (``s3://`` and other fsspec
+    protocols) go to :class:`~lightning.fabric.plugins.TorchCheckpointIO`, whose fsspec transaction is
+    already all-or-nothing there. Loading and removal are Lightning's.
+    """
+
+    @override
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: _PATH, storage_options: Any | None = None) -> None:
+        """Write ``checkpoint`` to ``path`` atomically.
+
+        Raises:
+            TypeError: ``storage_options`` given (not supported, as in ``TorchCheckpointIO``).
+        """
+        if storage_options is not None:
+            raise TypeError(
+                f"`Trainer.save_checkpoint(..., storage_options=...)` is not supported by {type(self).__name__}."
+            )
+        if "://" in os.fspath(path):
+            super().save_checkpoint(checkpoint, path)
+            return
+        atomic_torch_save(checkpoint, path)

@@ -1,0 +1,250 @@
+"""Checkpoints: what they hold, exact resume, refusing another recipe's checkpoint, crash-safe saving."""
+
+from __future__ import annotations
+
+import glob
+import os
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+
+import streamr1.module as module_lib
+from streamr1.callbacks.ema import StudentEMA
+from streamr1.checkpoint import AtomicCheckpointIO, atomic_torch_save
+from streamr1.data import PromptDataModule
+from streamr1.models import CausalWanDenoiser, HashTextEncoder, IdentityVAE, WanDenoiser
+from streamr1.module import DMDModule
+from tests.helpers import WAN_TINY, tiny_module
+
+# One prompt: PromptDataModule's loader is not resumable, so a mid-epoch resume restarts the prompt order (Lightning
+# warns); with one prompt every order is the same and the test isolates what the checkpoint itself restores.
+PROMPTS = ["a red circle moving left"]
+CKPT_STEP = 5  # global_step after cycle index 2 with student_every=2: 3 critic + 2 student steps
+MAX_STEPS = 9  # 6 cycles: 6 critic + 3 student steps
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models: one intra-op thread is as fast, and does not collapse when other jobs share the CPU."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
+def deterministic():
+    was = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    yield
+    torch.use_deterministic_algorithms(was)
+
+
+class LossRecorder(Callback):
+    """Records (turn, micro-batch, loss) of every turn by wrapping the module's loss methods at fit start."""
+
+    def __init__(self) -> None:
+        self.losses: list[tuple[str, int, float]] = []
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: DMDModule) -> None:
+        student_loss, critic_loss = pl_module.student_loss, pl_module.critic_loss
+
+        def rec_student(prompts, cond):
+            loss, ctx = student_loss(prompts, cond)
+            self.losses.append(("student", pl_module.micro_batches, float(loss.detach())))
+            return loss, ctx
+
+        def rec_critic(cond):
+            loss = critic_loss(cond)
+            self.losses.append(("critic", pl_module.micro_batches, float(loss.detach())))
+            return loss
+
+        pl_module.student_loss, pl_module.critic_loss = rec_student, rec_critic
+
+
+def _adamw(params):
+    return torch.optim.AdamW(params, lr=1e-3, betas=(0.0, 0.999), weight_decay=0.01)
+
+
+def _step_lr(opt):
+    return torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5)
+
+
+def _module(init_seed: int = 0) -> DMDModule:
+    torch.manual_seed(init_seed)
+    return tiny_module(student_every=2, student_optimizer=_adamw, critic_optimizer=_adamw,
+                       student_scheduler=_step_lr, critic_scheduler=_step_lr)
+
+
+def _trainer(root, callbacks, max_steps=MAX_STEPS, **kw) -> pl.Trainer:
+    return pl.Trainer(accelerator="cpu", devices=1, max_steps=max_steps, logger=False, enable_progress_bar=False,
+                      enable_model_summary=False, limit_val_batches=0, default_root_dir=str(root),
+                      plugins=[AtomicCheckpointIO()], callbacks=callbacks, **kw)
+
+
+def _run(root, ckpt_path=None, save=False, scramble=False):
+    pl.seed_everything(123)
+    m, rec, ema = _module(0), LossRecorder(), StudentEMA(decay=0.5)
+    if scramble:  # other student and critic weights (the frozen teacher reloads from its own weights, not these)
+        with torch.no_grad():
+            for p in [*m.student.parameters(), *m.critic.parameters()]:
+                p.add_(torch.randn_like(p))
+    callbacks = [rec, ema]
+    if save:
+        callbacks.append(ModelCheckpoint(dirpath=str(root), every_n_train_steps=CKPT_STEP, save_top_k=-1))
+    trainer = _trainer(root, callbacks, enable_checkpointing=save)
+    trainer.fit(m, datamodule=PromptDataModule(prompts=PROMPTS, batch_size=2), ckpt_path=ckpt_path)
+    return m, rec, ema, trainer
+
+
+def _ckpt(root) -> str:
+    (path,) = glob.glob(os.path.join(str(root), f"*step={CKPT_STEP}.ckpt"))
+    return path
+
+
+def test_checkpoint_holds_everything_a_resume_needs(tmp_path):
+    m, _, ema, _ = _run(tmp_path, save=True)
+    ckpt = torch.load(_ckpt(tmp_path), weights_only=True)  # loadable without unpickling arbitrary objects
+    keys = set(ckpt["state_dict"])
+    assert keys == {f"student.{k}" for k in m.student.state_dict()} | {f"critic.{k}" for k in m.critic.state_dict()}
+    assert len(ckpt["optimizer_states"]) == 2 and len(ckpt["lr_schedulers"]) == 2
+    assert all(len(o["state"]) == len(list(m.student.parameters())) for o in ckpt["optimizer_states"])
+    assert [s["last_epoch"] for s in ckpt["lr_schedulers"]] == [2, 3]  # student, critic steps at the save
+    (ema_state,) = [v for k, v in ckpt["callbacks"].items() if k.startswith("StudentEMA")]
+    assert ema_state["shadow"].keys() == dict(m.student.named_parameters()).keys()
+    state = ckpt["streamr1"]
+    assert (state["student_steps"], state["critic_steps"], state["micro_batches"]) == (2, 3, 3)
+    assert len(state["global_rng"]) == 1 and set(state["global_rng"][0]) >= {"torch", "numpy", "python"}
+
+
+def test_resume_gives_the_same_losses_and_weights_as_the_uninterrupted_run(tmp_path, deterministic):
+    full_m, full_rec, full_ema, full_tr = _run(tmp_path / "full", save=True)
+    # other trained weights: everything that matters must come from the checkpoint
+    res_m, res_rec, res_ema, res_tr = _run(tmp_path / "resumed", ckpt_path=_ckpt(tmp_path / "full"), scramble=True)
+    assert [kind for kind, *_ in full_rec.losses].count("student") == 3
+    assert res_rec.losses == [e for e in full_rec.losses if e[1] >= 3]  # cycles 3..5, exactly
+    assert (res_m.student_steps, res_m.critic_steps, res_m.micro_batches) == (3, 6, 6)
+    assert res_tr.global_step == full_tr.global_step == MAX_STEPS
+    def lrs(trainer: pl.Trainer) -> list[list[float]]:
+        return [c.scheduler.get_last_lr() for c in trainer.lr_scheduler_configs]
+
+    assert lrs(res_tr) == lrs(full_tr) == [[1e-3 * 0.5], [1e-3 * 0.5**3]]  # StepLR(2) after 3 and 6 steps
+    for a, b in ((full_m.student, res_m.student), (full_m.critic, res_m.critic)):
+        for (k, va), (_, vb) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+            assert torch.equal(va, vb), k
+    assert full_ema.shadow.keys() == res_ema.shadow.keys()
+    assert all(torch.equal(full_ema.shadow[k], res_ema.shadow[k]) for k in full_ema.shadow)
+
+
+def test_resume_without_the_rng_state_would_draw_other_noise(tmp_path, deterministic, monkeypatch):
+    """Control for the test above: the saved RNG streams are what makes the resumed losses equal."""
+    _, full_rec, _, _ = _run(tmp_path / "full", save=True)
+    monkeypatch.setattr(module_lib, "_set_rng_state", lambda state: None)
+    _, res_rec, _, _ = _run(tmp_path / "resumed", ckpt_path=_ckpt(tmp_path / "full"))
+    expected = [e for e in full_rec.losses if e[1] >= 3]
+    assert [e[:2] for e in res_rec.losses] == [e[:2] for e in expected]
+    assert all(a[2] != b[2] for a, b in zip(res_rec.losses, expected, strict=True))
+
+
+def _other_recipe(**config) -> DMDModule:
+    other = dict(WAN_TINY, **config)
+    return DMDModule(student=CausalWanDenoiser(config=other, chunk_frames=2), teacher=WanDenoiser(config=other),
+                     critic=WanDenoiser(config=other), text_encoder=HashTextEncoder(dim=16, length=4),
+                     vae=IdentityVAE(), latent_shape=(4, 3, 8, 8))
+
+
+@pytest.mark.parametrize("build, message", [
+    (lambda: _other_recipe(ffn_dim=48), r"Checkpoint does not match this recipe's models: \d+ tensors of another "),
+    (lambda: _other_recipe(num_layers=3), r"Checkpoint does not match this recipe's models: 0 tensors of another "
+                                          r"shape \(e.g. \[\]\), \d+ missing"),
+    (lambda: tiny_module(frames=6), r"Checkpoint is from a recipe with latent_shape \[4, 3, 8, 8\]"),
+])
+def test_checkpoint_of_another_recipe_is_refused_before_anything_loads(tmp_path, build, message):
+    src = tiny_module()
+    trainer = _trainer(tmp_path, [], max_steps=1, enable_checkpointing=False)
+    trainer.fit(src, datamodule=PromptDataModule(prompts=PROMPTS, batch_size=1))
+    path = str(tmp_path / "src.ckpt")
+    trainer.save_checkpoint(path)
+    other = build()
+    before = {k: v.clone() for k, v in other.state_dict().items()}
+    with pytest.raises(ValueError, match=message):
+        _trainer(tmp_path, [], max_steps=2).fit(other, datamodule=PromptDataModule(prompts=PROMPTS, batch_size=1),
+                                                ckpt_path=path)
+    assert all(torch.equal(before[k], v) for k, v in other.state_dict().items())  # not half-loaded
+    assert other.student_steps == other.critic_steps == 0
+
+
+def _half_then_fail(exc: BaseException):
+    """A ``torch.save`` that writes the first half of the real bytes to the target, then raises ``exc``."""
+    real_save = torch.save
+
+    def save(obj, f, *args, **kwargs):
+        import io
+
+        buf = io.BytesIO()
+        real_save(obj, buf, *args, **kwargs)
+        data = buf.getvalue()
+        if isinstance(f, (str, os.PathLike)):
+            with open(f, "wb") as fh:
+                fh.write(data[: len(data) // 2])
+        else:
+            f.write(data[: len(data) // 2])
+            f.flush()
+        raise exc
+
+    return save
+
+
+@pytest.mark.parametrize("exc", [RuntimeError("disk full"), KeyboardInterrupt()])
+def test_interrupted_save_leaves_the_last_checkpoint_loadable_and_unchanged(tmp_path, monkeypatch, exc):
+    m = tiny_module()
+    ckpt_cb = ModelCheckpoint(dirpath=str(tmp_path), save_last=True, save_top_k=0)
+    trainer = _trainer(tmp_path, [ckpt_cb], max_steps=2)
+    trainer.fit(m, datamodule=PromptDataModule(prompts=PROMPTS, batch_size=1))
+    last = str(tmp_path / "last.ckpt")
+    original = open(last, "rb").read()
+    m.student_steps = 99  # the interrupted save would have written new state
+    monkeypatch.setattr(torch, "save", _half_then_fail(exc))
+    with pytest.raises(type(exc)):
+        trainer.save_checkpoint(last)
+    monkeypatch.undo()
+    assert open(last, "rb").read() == original
+    assert os.listdir(tmp_path) == ["last.ckpt"]  # the temporary file is gone too
+    assert torch.load(last, weights_only=True)["streamr1"]["student_steps"] == 1
+    resumed = tiny_module()
+    _trainer(tmp_path, [], max_steps=3).fit(resumed, datamodule=PromptDataModule(prompts=PROMPTS, batch_size=1),
+                                            ckpt_path=last)
+    assert resumed.critic_steps == 2
+
+
+def test_the_fake_interrupted_writer_does_corrupt_a_plain_save(tmp_path, monkeypatch):
+    """Control for the test above: without write-then-rename the same failure leaves a truncated file."""
+    path = str(tmp_path / "plain.ckpt")
+    torch.save({"x": torch.arange(1000)}, path)
+    monkeypatch.setattr(torch, "save", _half_then_fail(RuntimeError("disk full")))
+    with pytest.raises(RuntimeError):
+        torch.save({"x": torch.arange(2000)}, path)
+    monkeypatch.undo()
+    with pytest.raises(Exception):  # noqa: B017 - any unpickling/zip error: the file is broken
+        torch.load(path, weights_only=True)
+    atomic_torch_save({"x": torch.arange(3)}, path)  # and an atomic save replaces it cleanly
+    assert torch.equal(torch.load(path, weights_only=True)["x"], torch.arange(3))
+
+
+def test_cli_trainer_writes_checkpoints_atomically_by_default(tmp_path):
+    from lightning.fabric.plugins import TorchCheckpointIO
+
+    from streamr1.cli import StreamR1CLI, StreamR1Trainer
+    from streamr1.module import DMDModule as Module
+
+    tiny = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "tiny_random.yaml")
+    common = dict(model_class=Module, datamodule_class=pl.LightningDataModule, subclass_mode_data=True,
+                  trainer_class=StreamR1Trainer, auto_configure_optimizers=False, run=False)
+    cli = StreamR1CLI(**common, args=["--config", tiny, "--trainer.logger", "false"])
+    assert type(cli.trainer.strategy.checkpoint_io) is AtomicCheckpointIO
+    other = tmp_path / "plugins.yaml"
+    other.write_text("trainer:\n  plugins:\n    - class_path: lightning.fabric.plugins.TorchCheckpointIO\n")
+    cli = StreamR1CLI(**common, args=["--config", tiny, "--config", str(other), "--trainer.logger", "false"])
+    assert type(cli.trainer.strategy.checkpoint_io) is TorchCheckpointIO  # a configured CheckpointIO is kept
