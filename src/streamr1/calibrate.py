@@ -9,23 +9,18 @@ videos (``--video_dir``, read with decord, PyAV where decord fails).
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from typing import Any
 
 import torch
 from lightning.pytorch import LightningDataModule, Trainer
 
+from streamr1.io import atomic_output
 from streamr1.module import DMDModule
 
 
 def _atomic_json(path: str, payload: dict[str, Any]) -> None:
-    parent = os.path.dirname(os.path.abspath(path)) or "."
-    os.makedirs(parent, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".stats-", suffix=".json", dir=parent)
-    with os.fdopen(fd, "w") as fh:
+    with atomic_output(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
         json.dump(payload, fh, indent=2)
-    os.replace(tmp, path)
 
 
 def calibrate(trainer: Trainer, module: DMDModule, datamodule: LightningDataModule | None, output: str,

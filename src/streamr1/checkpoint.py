@@ -2,11 +2,11 @@
 
 A crash, a kill or Ctrl-C while a checkpoint is being written must never leave a truncated
 ``last.ckpt`` behind: the run could then not resume at all. :class:`AtomicCheckpointIO` writes the
-whole checkpoint to ``<path>.tmp-<pid>`` beside the target, flushes it to disk, and only then
+whole checkpoint to a temporary file beside the target, flushes it to disk, and only then
 ``os.replace``-s it over ``<path>`` (atomic on POSIX and Windows within one file system), and
 fsyncs the folder so that the rename itself survives a power loss. An interrupted save leaves the
 previous checkpoint untouched and removes its temporary file (a hard kill may leave the
-``.tmp-<pid>`` file, never a broken target).
+temporary file, never a broken target).
 
 ``streamr1``'s CLI installs this plugin by default (:class:`streamr1.cli.StreamR1CLI`); pass
 another ``CheckpointIO`` in ``trainer.plugins`` to replace it. Sharded FSDP2 checkpoints
@@ -26,7 +26,6 @@ Example::
 
 from __future__ import annotations
 
-import contextlib
 import os
 from typing import Any
 
@@ -35,23 +34,11 @@ from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.fabric.utilities.types import _PATH
 from typing_extensions import override
 
-
-def _fsync_dir(path: str) -> None:
-    """Make a rename inside ``path`` durable (no-op where folders cannot be opened, e.g. Windows)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+from streamr1.io import atomic_output
 
 
 def atomic_torch_save(obj: Any, path: _PATH) -> None:
-    """``torch.save(obj, path)`` that never leaves a partly written ``path``: temporary file, fsync, rename.
+    """``torch.save(obj, path)`` that never leaves a partly written ``path`` (:func:`streamr1.io.atomic_output`).
 
     Args:
         obj: anything ``torch.save`` accepts.
@@ -60,21 +47,9 @@ def atomic_torch_save(obj: Any, path: _PATH) -> None:
     Raises:
         Whatever ``torch.save`` or the file system raises; ``path`` is then unchanged and the temporary file removed.
     """
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:  # KeyboardInterrupt included: never leave the temporary file behind
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
-        raise
-    _fsync_dir(folder)
+    with atomic_output(path) as tmp, open(tmp, "wb") as fh:
+        torch.save(obj, fh)
+        fh.flush()
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -23,6 +22,8 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import Metric
 
+from streamr1.assets import resolve
+from streamr1.io import atomic_output
 from streamr1.protocols import AXES, as_device_dtype
 
 MIN_STD = 1e-6
@@ -44,7 +45,7 @@ def _parse_axis(axis: str, entry: Any) -> tuple[float, float]:
 
 def read_stats(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read ``{axis: {"mean", "std"}}`` from a JSON or YAML file (by suffix; ``.yaml``/``.yml`` is YAML)."""
-    path = os.fspath(path)
+    path = resolve(path)  # pkg://<package>/<file>: a file shipped in a package
     if not os.path.isfile(path):
         raise FileNotFoundError(
             f"Reward statistics file not found: {path!r}. Write one with `streamr1 calibrate --output {path}` "
@@ -66,17 +67,13 @@ def read_stats(path: str | os.PathLike[str]) -> dict[str, Any]:
 def write_stats(path: str | os.PathLike[str], stats: Mapping[str, Any]) -> None:
     """Write statistics to JSON or YAML (by suffix), atomically (a temporary file, then a rename)."""
     path = os.fspath(path)
-    parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".stats-", dir=parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+    with atomic_output(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
         if path.endswith((".yaml", ".yml")):
             import yaml
 
             yaml.safe_dump(dict(stats), fh, sort_keys=False)
         else:
             json.dump(dict(stats), fh, indent=2)
-    os.replace(tmp, path)
 
 
 class RewardNormalizer(nn.Module):
