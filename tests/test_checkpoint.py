@@ -25,13 +25,7 @@ CKPT_STEP = 5  # global_step after cycle index 2 with student_every=2: 3 critic 
 MAX_STEPS = 9  # 6 cycles: 6 critic + 3 student steps
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one intra-op thread is as fast, and does not collapse when other jobs share the CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

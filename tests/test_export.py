@@ -16,13 +16,7 @@ TINY = os.path.join(ROOT, "configs", "tiny_random.yaml")
 PREFIX = "causal.transformer."  # the transformer inside CausalWanDenoiser
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one intra-op thread is as fast, and does not collapse when other jobs share the CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +39,7 @@ model:
   student_every: 4
 """)
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # module-scoped: runs before the function-scoped _one_thread
+    torch.set_num_threads(1)  # module-scoped: runs before the function-scoped one_thread
     try:
         main(["fit", "--config", TINY, "--config", str(extra)])
     finally:

@@ -18,13 +18,7 @@ from tests.helpers import WAN_TINY, tiny_module
 PROMPTS = ["a red circle moving left", "a blue square moving up"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one intra-op thread is as fast, and does not collapse when other jobs share the CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _module(checkpointing: bool = False, **kwargs) -> DMDModule:

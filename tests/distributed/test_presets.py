@@ -7,7 +7,6 @@ import re
 import sys
 
 import pytest
-import torch
 import yaml
 
 from streamr1.cli import main
@@ -17,13 +16,7 @@ CONFIGS = os.path.join(ROOT, "configs")
 PRESETS = {"ddp": "torchrun", "fsdp": "torchrun", "multinode_torchrun": "torchrun", "multinode_slurm": "srun"}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one intra-op thread is as fast, and does not collapse when other jobs share the CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _header(name: str) -> str:

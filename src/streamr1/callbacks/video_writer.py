@@ -11,6 +11,8 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import BasePredictionWriter
 from typing_extensions import override
 
+from streamr1.io import atomic_output
+
 
 def _slug(text: str, n: int = 48) -> str:
     keep = "".join(ch if ch.isalnum() else "_" for ch in text.lower())
@@ -18,7 +20,11 @@ def _slug(text: str, n: int = 48) -> str:
 
 
 class VideoWriter(BasePredictionWriter):
-    """Saves each predicted video as ``{output_dir}/{index:05d}_{prompt}.mp4`` and a ``speed.json`` summary.
+    """Saves each predicted video as ``{output_dir}/{index:05d}_r{rank}_{prompt}.mp4`` and a ``speed_r{rank}.json``.
+
+    Each mp4 gets a sidecar ``.txt`` with its full prompt, so the folder is a
+    :class:`~streamr1.data.videos.VideoFolderDataset` as it is: ``streamr1 calibrate --video_dir`` and the toy
+    evaluation (``python -m streamr1.toy.evaluation <folder>``) read it directly.
 
     Args:
         output_dir: folder for the videos.
@@ -50,6 +56,8 @@ class VideoWriter(BasePredictionWriter):
             n = int(index[i]) if index is not None else len(self.paths)
             path = os.path.join(self.output_dir, f"{n:05d}_r{trainer.global_rank}_{_slug(prompt)}.mp4")
             write_video(path, video[i], fps=self.fps)
+            with atomic_output(path[:-4] + ".txt", fsync=False) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+                fh.write(prompt + "\n")
             self.paths.append(path)
         self.frames += video.shape[0] * video.shape[1]
         self.seconds += float(prediction["seconds"])
@@ -58,7 +66,8 @@ class VideoWriter(BasePredictionWriter):
     def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         fps = self.frames / max(self.seconds, 1e-9)
         summary = {"videos": len(self.paths), "frames": self.frames, "seconds": self.seconds, "frames_per_second": fps}
-        with open(os.path.join(self.output_dir, f"speed_r{trainer.global_rank}.json"), "w") as fh:
+        path = os.path.join(self.output_dir, f"speed_r{trainer.global_rank}.json")
+        with atomic_output(path, fsync=False) as tmp, open(tmp, "w", encoding="utf-8") as fh:
             json.dump(summary, fh, indent=2)
         print(f"[streamr1] wrote {len(self.paths)} videos to {self.output_dir}: {fps:.1f} frames/s "
               f"({self.frames} frames in {self.seconds:.2f} s, chunk by chunk through the KV cache)")

@@ -1,0 +1,51 @@
+"""The quality table's arithmetic, and the table and the demo end to end on a very short budget (slow)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import pytest
+
+from streamr1.toy.quality import aggregate, table_markdown
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def test_aggregate_is_mean_and_unbiased_std_over_seeds():
+    runs = {"dmd": [{"good_fraction": 0.2}, {"good_fraction": 0.4}, {"good_fraction": 0.6}],
+            "init": [{"good_fraction": 0.3}]}
+    agg = aggregate(runs)
+    mean, std = agg["dmd"]["good_fraction"]
+    assert mean == pytest.approx(0.4)
+    assert std == pytest.approx(math.sqrt((0.04 + 0 + 0.04) / 2))  # = 0.2
+    assert agg["init"]["good_fraction"] == (0.3, 0.0)  # one run: std 0
+
+
+def test_table_has_one_row_per_stack_with_mean_and_std():
+    agg = {"dmd": {"good_fraction": (0.4, 0.2)}, "stream_r1": {"good_fraction": (0.5, 0.1)}}
+    info = {"command": "c", "seeds": [0, 1, 2], "max_steps": 6, "critic_steps": 5, "student_steps": 1,
+            "batch_size": 4, "samples": 48, "repeats": 1, "seconds": 60.0, "threads": 2}
+    md = table_markdown(agg, info)
+    rows = [ln for ln in md.splitlines() if ln.startswith("| ")]
+    assert rows[0] == "| run | good-mode fraction |"
+    assert rows[1] == "| plain DMD (Self-Forcing) | 0.400 ± 0.200 |"
+    assert rows[2] == "| Stream-R1 | 0.500 ± 0.100 |"
+
+
+@pytest.mark.slow
+def test_quality_table_and_demo_run_end_to_end(tmp_path, monkeypatch):
+    from streamr1.toy import demo, quality
+
+    monkeypatch.chdir(ROOT)
+    out = quality.main(["--output", str(tmp_path / "results"), "--logs", str(tmp_path / "logs"),
+                        "--stacks", "dmd", "stream_r1", "--seeds", "0", "1", "--max-steps", "2", "--repeats", "1"])
+    assert set(out["mean_std"]) == {"init", "dmd", "stream_r1"}
+    for name in ("quality.md", "quality.json", "quality.png"):
+        assert (tmp_path / "results" / name).stat().st_size > 0
+    data = json.loads((tmp_path / "results" / "quality.json").read_text())
+    assert len(data["runs"]["dmd"]) == 2 and data["info"]["seeds"] == [0, 1]
+    report = demo.main(["--output", str(tmp_path / "demo"), "--max-steps", "2", "--repeats", "1"])
+    assert report["student_steps"] == 1 and len(report["mp4s"]) == 48
+    assert (tmp_path / "demo" / "report.md").read_text().startswith("# Stream-R1 on the toy world")
