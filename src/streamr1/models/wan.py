@@ -15,6 +15,7 @@ import torch
 from diffusers import WanTransformer3DModel
 from torch import Tensor, nn
 
+from streamr1.assets import resolve
 from streamr1.flow import flow_to_x0
 
 
@@ -55,7 +56,7 @@ def build_wan_transformer(
                 "A Wan model needs `pretrained` (a local folder or file) or `config` (a dict); got neither."
             )
         return WanTransformer3DModel(**config)
-    path = os.path.expanduser(pretrained)
+    path = os.path.expanduser(resolve(pretrained))  # pkg://<package>/<file>: a file shipped in a package
     if not os.path.exists(path):
         raise FileNotFoundError(
             f"Wan weights not found at {pretrained!r}. Point `pretrained` at a local diffusers folder or a "

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F_
 from torch import Tensor, nn
 
+from streamr1.assets import resolve
 from streamr1.protocols import AXES
 
 FORMAT = "streamr1.rewards.openclip.OpenCLIPVideoReward"
@@ -46,6 +47,7 @@ def _missing(path: str, key: str, what: str) -> FileNotFoundError:
 
 
 def _read_file(path: str, key: str, what: str, fmt: str) -> dict[str, Any]:
+    path = resolve(path)  # pkg://<package>/<file>: a file shipped in a package
     if not os.path.isfile(path):
         raise _missing(path, key, what)
     payload = torch.load(path, map_location="cpu", weights_only=True)

@@ -1,0 +1,39 @@
+"""The toy world's recipe: Stream-R1 run and measured on a CPU (DESIGN.md, "The toy world").
+
+The world itself (videos, captions, the exact teacher) is :mod:`streamr1.data.toy`, its oracle metrics
+:mod:`streamr1.data.oracle`. This package holds what turns it into a runnable, measurable recipe:
+
+- :mod:`streamr1.toy.ode`: the student's ODE-regression initialisation (Self-Forcing);
+- :mod:`streamr1.toy.reward`: the toy reward, a real ``OpenCLIPVideoReward`` trained on the world's renders;
+- :mod:`streamr1.toy.assets`: ``python -m streamr1.toy.assets`` makes both (and the reward's statistics);
+- :mod:`streamr1.toy.evaluator`: the oracle metrics as one torchmetrics collection (the module's ``evaluator``);
+- :mod:`streamr1.toy.data`: the world's captions as a prompt datamodule;
+- :mod:`streamr1.toy.evaluation`: before/after evaluation of a student (oracle and reward);
+- :mod:`streamr1.toy.demo`: ``make demo``; :mod:`streamr1.toy.quality`: ``make bench-quality``.
+
+The constants below are the recipe ``configs/quickstart.yaml`` spells out (a test checks they agree).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+WORLD: dict[str, Any] = {"num_videos": 512, "seed": 0}
+"""The :class:`~streamr1.data.toy.ToyWorld` of the recipe (teacher, evaluator): 512 videos, 48 cells, 55% good."""
+
+LATENT_SHAPE: tuple[int, int, int, int] = (8, 3, 32, 32)
+"""``[F, C, H, W]``: pixel space (the VAE is the identity), 8 frames of 32x32 RGB, 4 chunks of 2 frames."""
+
+CHUNK_FRAMES = 2
+DENOISING_STEPS: tuple[float, ...] = (1000.0, 750.0, 500.0, 250.0)
+SHIFT = 5.0
+GUIDANCE_SCALE = 3.0
+TEXT_DIM = 32
+
+STUDENT_CONFIG: dict[str, Any] = {
+    "patch_size": [1, 4, 4], "num_attention_heads": 4, "attention_head_dim": 32, "in_channels": 3,
+    "out_channels": 3, "text_dim": TEXT_DIM, "freq_dim": 64, "ffn_dim": 256, "num_layers": 4,
+    "rope_max_seq_len": 32,
+}
+"""``WanTransformer3DModel`` arguments of the toy student (and critic): 4 layers, 4 heads x 32, patch (1, 4, 4)
+(64 tokens a frame), about 0.96 M parameters."""

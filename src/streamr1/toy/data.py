@@ -1,0 +1,62 @@
+"""Prompts of the toy world for ``streamr1 fit`` / ``predict`` / ``calibrate`` (DMD is data-free: text only)."""
+
+from __future__ import annotations
+
+from torch.utils.data import DataLoader
+
+from streamr1.data.prompts import PromptDataModule, PromptDataset
+from streamr1.data.toy import ToyWorld
+
+
+class ToyPromptDataModule(PromptDataModule):
+    """The toy world's captions as a prompt datamodule: one caption per (shape, colour, direction) cell.
+
+    Training cycles (shuffled) through the 48 cell captions (``"a red circle moving left"``; no speed or background,
+    so every prompt's teacher mixture holds all the world's videos of its cell, good and flawed). Validation,
+    test and prediction use the same captions, each repeated ``val_repeats`` times in a row (more samples per prompt
+    give steadier oracle numbers), optionally cut to the first ``num_val``.
+
+    Args:
+        batch_size: training micro-batch per device.
+        val_repeats: samples per caption in validation / test / prediction.
+        num_val: keep only the first ``num_val`` validation prompts (``None``: all ``48 * val_repeats``).
+        val_batch_size: batch size of validation / test / prediction (generation only; defaults to ``batch_size``).
+        samples_per_epoch: length of one training epoch (prompts cycle); bound training with ``max_steps``.
+        seed: shuffling seed.
+
+    Example::
+
+        data:
+          class_path: streamr1.toy.data.ToyPromptDataModule
+          init_args: {batch_size: 4, val_repeats: 1, val_batch_size: 48}
+    """
+
+    def __init__(self, batch_size: int = 4, val_repeats: int = 1, num_val: int | None = None,
+                 val_batch_size: int | None = None, samples_per_epoch: int = 100_000, seed: int = 0) -> None:
+        if val_repeats < 1:
+            raise ValueError(f"val_repeats must be >= 1, got {val_repeats}.")
+        cells = ToyWorld.cell_prompts()
+        val = [p for p in cells for _ in range(val_repeats)]
+        if num_val is not None:
+            if num_val < 1:
+                raise ValueError(f"num_val must be >= 1 or null, got {num_val}.")
+            val = val[:num_val]
+        super().__init__(prompts=cells, val_prompts=val, batch_size=batch_size, samples_per_epoch=samples_per_epoch,
+                         seed=seed)
+        self.val_repeats = val_repeats
+        self.val_batch_size = int(val_batch_size or batch_size)
+
+    def _eval_loader(self, prompts: list[str]) -> DataLoader:
+        from streamr1.data.prompts import collate_prompts
+
+        return DataLoader(PromptDataset(prompts), batch_size=self.val_batch_size, shuffle=False,
+                          num_workers=self.num_workers, collate_fn=collate_prompts)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._eval_loader(self.val_prompts)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._eval_loader(self.val_prompts)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._eval_loader(self.predict_prompts)

@@ -1,0 +1,69 @@
+"""Running the toy recipe in-process through the real CLI (``streamr1.cli.main``), shared by the demo and the table.
+
+Both ``make demo`` and ``make bench-quality`` run exactly what a user types
+(``streamr1 fit --config configs/quickstart.yaml --config callbacks/<stack>.yaml ...``), in the current process, so
+the composed YAML, the callbacks and the checkpoints are the real ones.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from streamr1.assets import resolve
+
+RECIPE = "configs/quickstart.yaml"
+"""The toy recipe, relative to the repository root."""
+
+
+def repo_path(rel: str) -> str:
+    """``rel`` (e.g. ``configs/quickstart.yaml``) from the current directory, else from the source checkout.
+
+    Commands run from the repository root (``make demo``); an editable install also finds the checkout's files from
+    anywhere.
+    """
+    if os.path.exists(rel):
+        return rel
+    checkout = Path(__file__).resolve().parents[3] / rel
+    if checkout.exists():
+        return str(checkout)
+    raise FileNotFoundError(f"{rel!r} not found: run this from the streamr1 repository root (where configs/ and "
+                            "callbacks/ are).")
+
+
+def check_assets() -> None:
+    """Fail early, with the fix, when the shipped toy files are missing."""
+    from streamr1.toy.assets import REWARD_FILE, STATS_FILE, STUDENT_FILE
+
+    missing = [f for f in (STUDENT_FILE, REWARD_FILE, STATS_FILE)
+               if not os.path.isfile(resolve(f"pkg://streamr1/assets/{f}"))]
+    if missing:
+        raise FileNotFoundError(f"The toy world's shipped files {missing} are missing from streamr1/assets: make them "
+                                "with `make toy-assets` (python -m streamr1.toy.assets --output src/streamr1/assets).")
+
+
+def fit(stack: str | None, save_dir: str, name: str, extra: Sequence[str] = ()) -> Any:
+    """``streamr1 fit --config configs/quickstart.yaml [--config callbacks/<stack>.yaml] ...`` in-process.
+
+    Args:
+        stack: a callback stack from ``callbacks/`` (file stem, e.g. ``stream_r1``), or ``None`` (the recipe's own).
+        save_dir, name: the TensorBoard logger's folder and run name.
+        extra: further command-line arguments (they come last, so they win).
+
+    Returns:
+        The :class:`~streamr1.cli.StreamR1CLI` (``.model`` is the trained module, ``.trainer`` the trainer).
+    """
+    from streamr1.cli import main
+
+    args = ["fit", "--config", repo_path(RECIPE)]
+    if stack is not None:
+        args += ["--config", repo_path(f"callbacks/{stack}.yaml")]
+    args += ["--trainer.logger.init_args.save_dir", save_dir, "--trainer.logger.init_args.name", name, *extra]
+    return main(args)
+
+
+def find_callback(trainer: Any, cls_name: str) -> Any:
+    """The trainer's first callback of class ``cls_name``, or ``None``."""
+    return next((cb for cb in trainer.callbacks if type(cb).__name__ == cls_name), None)
