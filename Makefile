@@ -29,7 +29,7 @@ bench: install  ## speed benchmark: turn times, KV cache vs recompute, throughpu
 	$(BIN)/python -m streamr1.bench.speed
 
 bench-quality: install  ## the ablation table on the toy world (DMD, Reward Forcing, Stream-R1, ablations; 3 seeds)
-	$(BIN)/python -m streamr1.toy.quality --output runs/quality
+	$(BIN)/python -m streamr1.toy.quality --output results --logs runs/quality
 
 lint: install
 	$(BIN)/ruff check src tests

@@ -26,7 +26,7 @@ def test_aggregate_is_mean_and_unbiased_std_over_seeds():
 def test_table_has_one_row_per_stack_with_mean_and_std():
     agg = {"dmd": {"good_fraction": (0.4, 0.2)}, "stream_r1": {"good_fraction": (0.5, 0.1)}}
     info = {"command": "c", "seeds": [0, 1, 2], "max_steps": 6, "critic_steps": 5, "student_steps": 1,
-            "batch_size": 4, "samples": 48, "repeats": 1, "seconds": 60.0, "threads": 2}
+            "batch_size": 4, "samples": 48, "repeats": 1, "seconds": 60.0, "threads": [2], "fit_minutes": 1.0}
     md = table_markdown(agg, info)
     rows = [ln for ln in md.splitlines() if ln.startswith("| ")]
     assert rows[0] == "| run | good-mode fraction |"

@@ -61,7 +61,7 @@ def report_markdown(before: dict[str, float], after: dict[str, float], after_ema
     head = "| metric | before (ODE init) | after (student) | change |"
     sep = "|---|---|---|---|"
     if after_ema is not None:
-        head, sep = head[:-1] + " after (EMA) |", sep + "---|"
+        head, sep = head + " after (EMA) |", sep + "---|"
     lines = [
         "# Stream-R1 on the toy world: before and after",
         "",

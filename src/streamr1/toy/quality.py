@@ -95,7 +95,8 @@ def table_markdown(agg: dict[str, dict[str, tuple[float, float]]], info: dict[st
         "(never from the reward), reward numbers are the toy reward's raw scores. Good-mode fraction: every oracle "
         "axis above its threshold; mode coverage: share of the world's good videos (in the prompted cells) that some "
         "good sample is nearest to; flaw shares: the first failing oracle axis.",
-        f"Total time {info['seconds'] / 60:.1f} min on {info['threads']} CPU threads.",
+        f"Compute: {info['fit_minutes']:.0f} min of fitting in all "
+        f"({'/'.join(map(str, info['threads']))} CPU thread(s) a run).",
         "",
     ]
     return "\n".join(header + lines) + "\n"
@@ -123,8 +124,11 @@ def plot(agg: dict[str, dict[str, tuple[float, float]]], path: str) -> None:
         ax.set_title(label)
         lo = min(m - s for m, s in zip(means, stds, strict=True))
         hi = max(m + s for m, s in zip(means, stds, strict=True))
-        pad = 0.15 * (hi - lo + 1e-6)
-        ax.set_ylim(lo - pad, hi + pad)
+        if key in ("good_fraction", "mode_coverage"):  # fractions: the whole [0, 1] range, so 0 reads as 0
+            ax.set_ylim(0.0, 1.0)
+        else:
+            pad = 0.15 * (hi - lo + 1e-6)
+            ax.set_ylim(lo - pad, hi + pad)
     fig.suptitle("Toy world: DMD vs Reward Forcing vs Stream-R1 and ablations (mean ± std over seeds)")
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -144,7 +148,8 @@ def run_one(stack: str, seed: int, out: str, max_steps: int, prompts: Sequence[s
     seconds = time.perf_counter() - start
     video = sample_videos(cli.model, prompts, seed=EVAL_SEED)
     numbers = evaluate_videos(video, prompts, ToyWorld(**toy.WORLD), reward)
-    numbers.update({"fit_seconds": seconds, "student_steps": float(cli.model.student_steps),
+    numbers.update({"fit_seconds": seconds, "threads": float(torch.get_num_threads()),
+                    "student_steps": float(cli.model.student_steps),
                     "critic_steps": float(cli.model.critic_steps)})
     return numbers
 
@@ -202,7 +207,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                        f"--trainer.max_steps {args.max_steps} --seed_everything <seed>",
             "seeds": args.seeds, "max_steps": args.max_steps, "critic_steps": int(first["critic_steps"]),
             "student_steps": int(first["student_steps"]), "batch_size": dm_batch, "samples": len(prompts),
-            "repeats": args.repeats, "seconds": time.perf_counter() - start, "threads": torch.get_num_threads(),
+            "repeats": args.repeats, "seconds": time.perf_counter() - start,
+            "threads": sorted({int(r.get("threads", torch.get_num_threads())) for rows in runs.values() for r in rows
+                                if "fit_seconds" in r}),
+            "fit_minutes": sum(r.get("fit_seconds", 0.0) for rows in runs.values() for r in rows) / 60,
             "world": toy.WORLD, "eval_seed": EVAL_SEED}
     with open(os.path.join(out, "quality.md"), "w", encoding="utf-8") as fh:
         fh.write(table_markdown(agg, info))
