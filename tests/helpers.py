@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from lightning.pytorch.callbacks import Callback
+
 from streamr1.models import CausalWanDenoiser, HashTextEncoder, IdentityVAE, WanDenoiser
 from streamr1.module import DMDModule
 
@@ -24,3 +26,32 @@ def tiny_module(frames: int = 4, chunk: int = 2, size: int = 8, **kwargs: Any) -
         latent_shape=(frames, 3, size, size),
         **kwargs,
     )
+
+
+class LossRecorder(Callback):
+    """Records (turn, micro-batch, loss) of every turn and every exit step drawn, by wrapping the module's
+    ``student_loss``, ``critic_loss`` and ``draw_exit_index`` at fit start."""
+
+    def __init__(self) -> None:
+        self.losses: list[tuple[str, int, float]] = []
+        self.exits: list[int] = []
+
+    def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
+        student_loss, critic_loss, draw = pl_module.student_loss, pl_module.critic_loss, pl_module.draw_exit_index
+
+        def rec_student(prompts, cond):
+            loss, ctx = student_loss(prompts, cond)
+            self.losses.append(("student", pl_module.micro_batches, float(loss.detach())))
+            return loss, ctx
+
+        def rec_critic(cond):
+            loss = critic_loss(cond)
+            self.losses.append(("critic", pl_module.micro_batches, float(loss.detach())))
+            return loss
+
+        def rec_draw():
+            e = draw()
+            self.exits.append(e)
+            return e
+
+        pl_module.student_loss, pl_module.critic_loss, pl_module.draw_exit_index = rec_student, rec_critic, rec_draw

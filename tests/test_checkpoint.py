@@ -8,7 +8,7 @@ import os
 import lightning.pytorch as pl
 import pytest
 import torch
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 import streamr1.module as module_lib
 from streamr1.callbacks.ema import StudentEMA
@@ -16,7 +16,7 @@ from streamr1.checkpoint import AtomicCheckpointIO, atomic_torch_save
 from streamr1.data import PromptDataModule
 from streamr1.models import CausalWanDenoiser, HashTextEncoder, IdentityVAE, WanDenoiser
 from streamr1.module import DMDModule
-from tests.helpers import WAN_TINY, tiny_module
+from tests.helpers import WAN_TINY, LossRecorder, tiny_module
 
 # One prompt: PromptDataModule's loader is not resumable, so a mid-epoch resume restarts the prompt order (Lightning
 # warns); with one prompt every order is the same and the test isolates what the checkpoint itself restores.
@@ -36,26 +36,6 @@ def deterministic():
     torch.use_deterministic_algorithms(was)
 
 
-class LossRecorder(Callback):
-    """Records (turn, micro-batch, loss) of every turn by wrapping the module's loss methods at fit start."""
-
-    def __init__(self) -> None:
-        self.losses: list[tuple[str, int, float]] = []
-
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: DMDModule) -> None:
-        student_loss, critic_loss = pl_module.student_loss, pl_module.critic_loss
-
-        def rec_student(prompts, cond):
-            loss, ctx = student_loss(prompts, cond)
-            self.losses.append(("student", pl_module.micro_batches, float(loss.detach())))
-            return loss, ctx
-
-        def rec_critic(cond):
-            loss = critic_loss(cond)
-            self.losses.append(("critic", pl_module.micro_batches, float(loss.detach())))
-            return loss
-
-        pl_module.student_loss, pl_module.critic_loss = rec_student, rec_critic
 
 
 def _adamw(params):

@@ -32,7 +32,7 @@ from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy  # n
 from streamr1.callbacks.ema import StudentEMA  # noqa: E402
 from streamr1.data import PromptDataModule  # noqa: E402
 from streamr1.module import DMDModule  # noqa: E402
-from tests.helpers import tiny_module  # noqa: E402
+from tests.helpers import LossRecorder, tiny_module  # noqa: E402
 
 PROMPTS = ["a red circle moving left", "a blue square moving up", "a green triangle moving right",
            "a yellow star moving down"]
@@ -57,38 +57,17 @@ def _step_lr(opt: torch.optim.Optimizer) -> Any:
     return torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5)
 
 
-class Recorder(Callback):
-    """Records every loss and exit step the module produces (wraps the module's methods at fit start)."""
+class Recorder(LossRecorder):
+    """:class:`~tests.helpers.LossRecorder` that also keeps the full student weights at ``snapshot_step``."""
 
     def __init__(self, snapshot_step: int | None = None) -> None:
-        self.losses: list[tuple[str, int, float]] = []
-        self.exits: list[int] = []
+        super().__init__()
         self.snapshot_step = snapshot_step
-        self.snapshot: dict[str, torch.Tensor] | None = None  # the full student weights at ``snapshot_step``
+        self.snapshot: dict[str, torch.Tensor] | None = None
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: DMDModule, *args: Any) -> None:
         if trainer.global_step == self.snapshot_step and self.snapshot is None:
             self.snapshot = _full_state(pl_module.student)
-
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: DMDModule) -> None:
-        student_loss, critic_loss, draw = pl_module.student_loss, pl_module.critic_loss, pl_module.draw_exit_index
-
-        def rec_student(prompts, cond):
-            loss, ctx = student_loss(prompts, cond)
-            self.losses.append(("student", pl_module.micro_batches, float(loss.detach())))
-            return loss, ctx
-
-        def rec_critic(cond):
-            loss = critic_loss(cond)
-            self.losses.append(("critic", pl_module.micro_batches, float(loss.detach())))
-            return loss
-
-        def rec_draw():
-            e = draw()
-            self.exits.append(e)
-            return e
-
-        pl_module.student_loss, pl_module.critic_loss, pl_module.draw_exit_index = rec_student, rec_critic, rec_draw
 
 
 def _full_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -371,17 +371,23 @@ def matmul_flops_per_second(device: torch.device, dtype: torch.dtype) -> tuple[f
     return 2.0 * n**3 * reps / seconds, n
 
 
+def _turn_setup(ctx: BenchContext) -> tuple[DMDModule, torch.optim.Optimizer, torch.optim.Optimizer, list[str]]:
+    """A fresh module in train mode on the device, its two optimizers and a batch of prompts; every rollout exits
+    at the last (costliest) step, so turn timings are comparable."""
+    torch.manual_seed(ctx.seed)
+    m = build_module(ctx.spec).to(ctx.device)
+    m.train()
+    (opt_s, opt_c), _ = m.configure_optimizers()
+    last_exit = len(m.steps) - 1
+    m.draw_exit_index = lambda: last_exit
+    return m, opt_s, opt_c, _prompts(ctx.spec.batch)
+
+
 # ---------------------------------------------------------------------------------------------- sections
 def section_turns(ctx: BenchContext) -> list[Row]:
     """Student-turn and critic-turn time and peak memory (optimizer step included)."""
     spec, device = ctx.spec, ctx.device
-    torch.manual_seed(ctx.seed)
-    m = build_module(spec).to(device)
-    m.train()
-    (opt_s, opt_c), _ = m.configure_optimizers()
-    last_exit = len(m.steps) - 1
-    m.draw_exit_index = lambda: last_exit  # the costliest exit step, for comparable timings
-    prompts = _prompts(spec.batch)
+    m, opt_s, opt_c, prompts = _turn_setup(ctx)
 
     def student_turn() -> None:
         loss, _ = m.student_loss(prompts, m.encode_prompts(prompts))
@@ -521,13 +527,7 @@ def section_reward(ctx: BenchContext) -> list[Row]:
     from streamr1.rewards.service import RewardService
 
     spec, device = ctx.spec, ctx.device
-    torch.manual_seed(ctx.seed)
-    m = build_module(spec).to(device)
-    m.train()
-    (opt_s, _), _ = m.configure_optimizers()
-    last_exit = len(m.steps) - 1
-    m.draw_exit_index = lambda: last_exit  # the costliest exit step, as in `turns`
-    prompts = _prompts(spec.batch)
+    m, opt_s, _, prompts = _turn_setup(ctx)
     model, normalization, reward_note = build_reward()
     callbacks = build_stream_r1_callbacks(model, normalization)
     service = next(cb for cb in callbacks if isinstance(cb, RewardService))
@@ -553,7 +553,7 @@ def section_reward(ctx: BenchContext) -> list[Row]:
         m.trainer = trainer
         cond = m.encode_prompts(prompts)
         with torch.no_grad():
-            x = m.rollout(cond, grad=False, exit_index=last_exit)
+            x = m.rollout(cond, grad=False, exit_index=len(m.steps) - 1)
 
         def reward_pass() -> None:  # a fresh context each call: the service caches its result on the context
             service.evaluate(RolloutContext(x=x, dmd_grad=torch.zeros_like(x), prompts=prompts, cond=cond,
