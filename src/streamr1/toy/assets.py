@@ -26,7 +26,7 @@ import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
@@ -248,7 +248,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--student-iterations", type=int, help="override the budget's ODE-regression steps")
     parser.add_argument("--reward-iterations", type=int, help="override the budget's reward training steps")
     args = parser.parse_args(argv)
-    budget = BUDGETS[args.budget]
+    budget = replace(BUDGETS[args.budget])  # a copy: the overrides must not change the module's presets
     if args.student_iterations is not None:
         budget.student_iterations = args.student_iterations
     if args.reward_iterations is not None:

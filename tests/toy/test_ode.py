@@ -1,0 +1,121 @@
+"""The ODE-regression initialisation (streamr1.toy.ode) against hand-derived values.
+
+With a teacher whose x0 prediction is a fixed video X (whatever x_t), the guided flow ODE is a straight line:
+from x = X + s (n - X), one Euler step ``x <- x0 + (s'/s)(x - x0)`` gives X + s' (n - X), so the trajectory at any
+level s is the forward noising ``(1 - s) X + s n`` (SPEC §1) and its end point is X, exactly, with any step count.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+
+import pytest
+import torch
+from torch import nn
+
+from streamr1.flow import add_noise, warped_steps
+from streamr1.toy.ode import causal_teacher_ode, ode_grid, ode_regression_loss, teacher_ode
+
+STEPS = (1000.0, 750.0, 500.0, 250.0)
+
+
+class ConstantTeacher(nn.Module):
+    """x0 prediction = ``video`` (broadcast over the batch) for any input, timestep or condition."""
+
+    def __init__(self, video: torch.Tensor) -> None:
+        super().__init__()
+        self.video = video
+
+    def forward(self, x_t, t, cond):
+        return self.video.expand_as(x_t).clone()
+
+
+def test_grid_runs_1000_to_0_and_hits_the_warped_steps():
+    grid, index = ode_grid(STEPS, num_steps=7, shift=5.0)
+    assert float(grid[0]) == 1000.0 and float(grid[-1]) == 0.0
+    assert all(float(a) > float(b) for a, b in zip(grid, grid[1:], strict=False))
+    assert [float(grid[i]) for i in index] == pytest.approx(warped_steps(STEPS, 5.0))  # [1000, 937.5, 833.3, 625]
+    with pytest.raises(ValueError, match="num_steps"):
+        ode_grid(STEPS, 0, 5.0)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("num_steps", [3, 16])
+def test_constant_teacher_gives_the_straight_line(causal, num_steps):
+    g = torch.Generator().manual_seed(0)
+    video = torch.randn(6, 3, 4, 4, generator=g)
+    noise = torch.randn(2, 6, 3, 4, 4, generator=g)
+    cond, neg = torch.randn(2, 5, 8, generator=g), torch.randn(2, 5, 8, generator=g)
+    teacher = ConstantTeacher(video)
+    if causal:
+        xs, x0 = causal_teacher_ode(teacher, cond, neg, noise, chunk_frames=2, num_steps=num_steps,
+                                    record_steps=STEPS, continuation_steps=2)
+    else:
+        xs, x0 = teacher_ode(teacher, cond, neg, noise, num_steps=num_steps, record_steps=STEPS)
+    assert xs.shape == (2, 4, 6, 3, 4, 4)
+    torch.testing.assert_close(x0, video.expand_as(x0), atol=1e-5, rtol=0)
+    for j, t in enumerate(warped_steps(STEPS, 5.0)):
+        expected = add_noise(video.expand_as(noise), noise, torch.full((2,), t))
+        torch.testing.assert_close(xs[:, j], expected, atol=1e-5, rtol=0)
+
+
+class ZeroStudent(nn.Module):
+    """Predicts 0 and records what it was fed (input frames and per-frame timesteps)."""
+
+    chunk_frames = 2
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[int, torch.Tensor]] = []
+
+    def forward(self, x, t, cond):
+        self.calls.append((x.shape[1], t.clone()))
+        return torch.zeros_like(x)
+
+
+def test_regression_loss_is_the_mean_over_samples_of_their_chunk_error():
+    g = torch.Generator().manual_seed(1)
+    b, f = 5, 6
+    x0 = torch.randn(b, f, 3, 2, 2, generator=g)
+    xs = torch.randn(b, 4, f, 3, 2, 2, generator=g)
+    steps = warped_steps(STEPS, 5.0)
+    student = ZeroStudent()
+    loss = ode_regression_loss(student, xs, x0, torch.zeros(b, 1, 4), steps, torch.Generator().manual_seed(0))
+    # sample i trains chunk i mod 3 (frames 2k, 2k+1); with a zero prediction its error is mean(x0[i, chunk]^2)
+    expected = sum(x0[i, 2 * (i % 3):2 * (i % 3) + 2].pow(2).mean() for i in range(b)) / b
+    assert float(loss) == pytest.approx(float(expected), rel=1e-6)
+    # chunk k sees only frames 0..2k+1: the clean earlier chunks at t = 0, its own frames at a recorded level
+    assert sorted(n for n, _ in student.calls) == [2, 4, 6]
+    for n, t in student.calls:
+        assert torch.all(t[:, : n - 2] == 0)
+        assert all(float(v) in [pytest.approx(s) for s in steps] for v in t[:, n - 2:].flatten())
+
+
+def test_tiny_budget_makes_every_shipped_file(tmp_path):
+    from streamr1.rewards.normalization import read_stats
+    from streamr1.rewards.openclip import OpenCLIPVideoReward
+    from streamr1.toy import assets
+
+    old = os.umask(0o022)
+    try:
+        manifest = assets.main(["--budget", "tiny", "--output", str(tmp_path)])
+    finally:
+        os.umask(old)
+    assert assets.BUDGETS["tiny"].student_iterations == 2  # presets unchanged by a run
+    names = {assets.STUDENT_FILE, assets.REWARD_FILE, assets.STATS_FILE, assets.SPEARMAN_FILE, assets.MANIFEST_FILE}
+    assert names <= set(os.listdir(tmp_path))
+    for name in names:
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644
+    student = assets.build_student(str(tmp_path / assets.STUDENT_FILE))
+    assert sum(p.numel() for p in student.parameters()) == manifest["student"]["parameters"]
+    reward = OpenCLIPVideoReward(state_path=str(tmp_path / assets.REWARD_FILE))
+    scores = reward((torch.rand(2, 8, 3, 32, 32)), ["a red circle moving left"] * 2)
+    assert set(scores) == {"VQ", "MQ", "TA"} and all(v.shape == (2,) for v in scores.values())
+    stats = read_stats(tmp_path / assets.STATS_FILE)
+    assert all(stats[a]["std"] >= 0 and stats[a]["count"] > 0 for a in ("VQ", "MQ", "TA"))
+    rho = json.loads((tmp_path / assets.SPEARMAN_FILE).read_text())
+    assert rho["spearman_reward_vs_oracle"] == manifest["reward"]["spearman"]
+    assert all(-1.0 <= float(v) <= 1.0 for v in rho["spearman_reward_vs_oracle"].values())
+    assert set(rho["spearman_reward_vs_oracle"]) == {"VQ", "MQ", "TA"}
