@@ -30,7 +30,7 @@ from streamr1.toy.runs import check_assets, fit
 
 STACKS: tuple[str, ...] = (
     "dmd", "reward_forcing", "stream_r1", "ablation_no_saliency", "ablation_no_balancing", "ablation_unfactorized",
-    "ablation_mean_fusion",
+    "ablation_mean_fusion", "oracle_reliability",
 )
 """The rows: every callback stack of ``callbacks/``, baseline first."""
 
@@ -43,6 +43,7 @@ LABELS: dict[str, str] = {
     "ablation_no_balancing": "Stream-R1 w/o balancing (Overall)",
     "ablation_unfactorized": "Stream-R1, unfactorized saliency",
     "ablation_mean_fusion": "Stream-R1, mean axis fusion",
+    "oracle_reliability": "upper bound: reliability with the oracle as reward (no saliency)",
 }
 
 COLUMNS: tuple[tuple[str, str], ...] = (
