@@ -30,6 +30,7 @@ bench: install  ## speed benchmark: turn times, KV cache vs recompute, throughpu
 
 bench-quality: install  ## the ablation table on the toy world (DMD, Reward Forcing, Stream-R1, ablations; 3 seeds)
 	$(BIN)/python -m streamr1.toy.quality --output results --logs runs/quality
+	$(BIN)/python -m streamr1.toy.tilt --output results
 
 lint: install
 	$(BIN)/ruff check src tests

@@ -16,7 +16,14 @@ import torch
 from torch import nn
 
 from streamr1.flow import add_noise, warped_steps
-from streamr1.toy.ode import causal_teacher_ode, ode_grid, ode_regression_loss, teacher_ode
+from streamr1.toy.ode import (
+    causal_teacher_ode,
+    causal_teacher_sampler,
+    make_ode_pairs,
+    ode_grid,
+    ode_regression_loss,
+    teacher_ode,
+)
 
 STEPS = (1000.0, 750.0, 500.0, 250.0)
 
@@ -91,6 +98,78 @@ def test_regression_loss_is_the_mean_over_samples_of_their_chunk_error():
     for n, t in student.calls:
         assert torch.all(t[:, : n - 2] == 0)
         assert all(float(v) in [pytest.approx(s) for s in steps] for v in t[:, n - 2:].flatten())
+
+
+class RecordingTeacher(ConstantTeacher):
+    """A :class:`ConstantTeacher` that also records the per-frame timesteps of every call."""
+
+    def __init__(self, video: torch.Tensor) -> None:
+        super().__init__(video)
+        self.timesteps: list[torch.Tensor] = []
+
+    def forward(self, x_t, t, cond):
+        self.timesteps.append(t.clone())
+        return super().forward(x_t, t, cond)
+
+
+def test_sampler_pairs_of_a_constant_teacher_are_its_renoised_predictions():
+    # The teacher predicts X everywhere, so cfg_x0(X, X, g) = X at every level; the sampler feeds level 0 the noise
+    # and level j > 0 add_noise(X, fresh_j, t_j) with the fresh noise drawn in (chunk, level) order.
+    g = torch.Generator().manual_seed(0)
+    video = torch.randn(6, 3, 4, 4, generator=g)
+    noise = torch.randn(2, 6, 3, 4, 4, generator=g)
+    cond, neg = torch.randn(2, 5, 8, generator=g), torch.randn(2, 5, 8, generator=g)
+    steps = warped_steps(STEPS, 5.0)
+    teacher = RecordingTeacher(video)
+    xs, targets, x0 = causal_teacher_sampler(teacher, cond, neg, noise, chunk_frames=2, steps=steps,
+                                             generator=torch.Generator().manual_seed(7))
+    assert xs.shape == targets.shape == (2, 4, 6, 3, 4, 4)
+    torch.testing.assert_close(targets, video.expand_as(targets), atol=1e-6, rtol=0)
+    torch.testing.assert_close(x0, video.expand_as(x0), atol=1e-6, rtol=0)
+    replay = torch.Generator().manual_seed(7)
+    for k in range(3):
+        chunk = slice(2 * k, 2 * k + 2)
+        torch.testing.assert_close(xs[:, 0, chunk], noise[:, chunk])
+        for j in range(1, 4):
+            fresh = torch.randn(2, 2, 3, 4, 4, generator=replay)
+            expected = add_noise(video[chunk].expand(2, -1, -1, -1, -1), fresh, torch.full((2,), steps[j]))
+            torch.testing.assert_close(xs[:, j, chunk], expected, atol=1e-6, rtol=0)
+    # chunk k: earlier frames clean (t = 0), its own at the level, later frames pure noise (t = 1000)
+    assert len(teacher.timesteps) == 3 * 4
+    for call, t in enumerate(teacher.timesteps):
+        k, j = divmod(call, 4)
+        assert torch.all(t[:, :2 * k] == 0) and torch.all(t[:, 2 * k + 2:] == 1000)
+        torch.testing.assert_close(t[:, 2 * k:2 * k + 2], torch.full((4, 2), steps[j]))  # cond and neg batched
+
+
+def test_sampler_pairs_need_a_chunk_size_and_a_known_target():
+    teacher = ConstantTeacher(torch.zeros(4, 3, 2, 2))
+
+    class Encoder:
+        def encode(self, prompts):
+            return torch.zeros(len(prompts), 1, 4)
+
+    pairs = make_ode_pairs(teacher, Encoder(), ["a", "b", "c"], (4, 3, 2, 2), causal_chunk_frames=2,
+                           target="sampler", batch_size=2)
+    assert pairs.targets is not None and pairs.targets.shape == pairs.xs.shape == (3, 4, 4, 3, 2, 2)
+    assert make_ode_pairs(teacher, Encoder(), ["a"], (4, 3, 2, 2), num_steps=2).targets is None
+    with pytest.raises(ValueError, match="causal_chunk_frames"):
+        make_ode_pairs(teacher, Encoder(), ["a"], (4, 3, 2, 2), target="sampler")
+    with pytest.raises(ValueError, match="'ode'"):
+        make_ode_pairs(teacher, Encoder(), ["a"], (4, 3, 2, 2), target="score")
+
+
+def test_regression_loss_with_per_level_targets_scores_each_sample_at_its_level():
+    g = torch.Generator().manual_seed(2)
+    b, f = 6, 6
+    x0 = torch.randn(b, f, 3, 2, 2, generator=g)
+    xs = torch.randn(b, 4, f, 3, 2, 2, generator=g)
+    targets = torch.randn(b, 4, f, 3, 2, 2, generator=g)
+    loss = ode_regression_loss(ZeroStudent(), xs, x0, torch.zeros(b, 1, 4), warped_steps(STEPS, 5.0),
+                               torch.Generator().manual_seed(3), targets)
+    level = torch.randint(0, 4, (b,), generator=torch.Generator().manual_seed(3))  # the loss's first draw
+    expected = sum(targets[i, level[i], 2 * (i % 3):2 * (i % 3) + 2].pow(2).mean() for i in range(b)) / b
+    assert float(loss) == pytest.approx(float(expected), rel=1e-6)
 
 
 def test_tiny_budget_makes_every_shipped_file(tmp_path):

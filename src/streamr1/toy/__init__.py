@@ -10,6 +10,7 @@ The world itself (videos, captions, the exact teacher) is :mod:`streamr1.data.to
 - :mod:`streamr1.toy.data`: the world's captions as a prompt datamodule;
 - :mod:`streamr1.toy.evaluation`: before/after evaluation of a student (oracle and reward);
 - :mod:`streamr1.toy.demo`: ``make demo``; :mod:`streamr1.toy.quality`: ``make bench-quality``.
+- :mod:`streamr1.toy.tilt`: where each stack's weights push a teacher-like student (the weight share of each mode).
 
 The constants below are the recipe ``configs/quickstart.yaml`` spells out (a test checks they agree).
 """

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from streamr1.flow import NUM_TRAIN_TIMESTEPS, shift_timesteps, warped_steps
+from streamr1.flow import NUM_TRAIN_TIMESTEPS, add_noise, shift_timesteps, warped_steps
 from streamr1.losses import cfg_x0
 
 ProgressFn = Callable[[int, dict[str, float]], None]
@@ -138,6 +138,52 @@ def causal_teacher_ode(teacher: nn.Module, cond: Tensor, neg_cond: Tensor, noise
     return xs_video, x0_video
 
 
+@torch.no_grad()
+def causal_teacher_sampler(teacher: nn.Module, cond: Tensor, neg_cond: Tensor, noise: Tensor, chunk_frames: int,
+                           steps: Sequence[float], guidance_scale: float = 3.0,
+                           generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """The guided teacher run through the *student's* few-step sampler, recording what it sees and predicts.
+
+    This is :func:`~streamr1.rollout.self_forcing_rollout` with the teacher in the student's place (SPEC.md §2):
+    chunk by chunk, on the clean earlier chunks at ``t = 0`` (later frames at ``t = 1000``: no information), the
+    chunk walks the warped few-step list; at each level the guided prediction ``cfg_x0`` (SPEC.md §3.2) is recorded
+    together with its input, and re-noised with fresh noise to the next level. A student that reproduces these
+    predictions on these inputs samples what the teacher samples in the same few steps (on the toy world: 62% good
+    modes at ``g_s = 3``, the world itself has 55%): the few-step analogue of Self-Forcing starting the student from
+    the teacher's weights.
+
+    Args:
+        steps: the student's warped few-step list, noisiest first (e.g. ``[1000, 937.5, 833.3, 625]``).
+        generator: draws the re-noising noise.
+        Others as in :func:`causal_teacher_ode`.
+
+    Returns:
+        ``(xs, targets, x0)``: ``xs`` and ``targets`` ``[B, S, F, C, H, W]`` each chunk's input and the teacher's
+        guided ``x0`` prediction at each level; ``x0`` ``[B, F, C, H, W]`` the sample (the last level's prediction).
+    """
+    b, f = noise.shape[:2]
+    x0_video = torch.zeros_like(noise)
+    xs = torch.zeros(b, len(steps), *noise.shape[1:], dtype=noise.dtype, device=noise.device)
+    targets = torch.zeros_like(xs)
+    for lo in range(0, f, chunk_frames):
+        hi = min(f, lo + chunk_frames)
+        x = noise[:, lo:hi]
+        for i, level in enumerate(steps):
+            xs[:, i, lo:hi] = x
+            full = torch.cat([x0_video[:, :lo], x, torch.zeros_like(noise[:, hi:])], dim=1)
+            t = torch.full((b, f), float(NUM_TRAIN_TIMESTEPS), device=noise.device)
+            t[:, :lo] = 0.0
+            t[:, lo:hi] = float(level)
+            both = teacher(torch.cat([full, full]), torch.cat([t, t]), torch.cat([cond, neg_cond]))
+            x0 = cfg_x0(both[:b, lo:hi], both[b:, lo:hi], guidance_scale)
+            targets[:, i, lo:hi] = x0
+            if i + 1 < len(steps):
+                fresh = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
+                x = add_noise(x0, fresh, torch.full((b,), float(steps[i + 1]), device=noise.device))
+        x0_video[:, lo:hi] = x0
+    return xs, targets, x0_video
+
+
 @dataclass
 class ODEPairs:
     """Recorded teacher trajectories: the student's regression data.
@@ -145,14 +191,17 @@ class ODEPairs:
     Attributes:
         prompts: ``N`` captions.
         xs: ``[N, S, F, C, H, W]`` ``x_t`` at the warped few-step timesteps ``steps``.
-        x0: ``[N, F, C, H, W]`` the ODE end points.
+        x0: ``[N, F, C, H, W]`` the trajectories' end points (the clean context of later chunks).
         steps: the ``S`` warped timesteps (e.g. ``[1000, 937.5, 833.3, 625]``).
+        targets: ``[N, S, F, C, H, W]`` the regression target at each level (the teacher's prediction, from
+            :func:`causal_teacher_sampler`), or ``None``: ``x0`` at every level (the ODE end point).
     """
 
     prompts: list[str]
     xs: Tensor
     x0: Tensor
     steps: list[float]
+    targets: Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -163,8 +212,14 @@ def make_ode_pairs(teacher: nn.Module, text_encoder: nn.Module, prompts: Sequenc
                    guidance_scale: float = 3.0, shift: float = 5.0, num_steps: int = 48,
                    denoising_steps: Sequence[float] = (1000, 750, 500, 250), negative_prompt: str = "",
                    batch_size: int = 64, seed: int = 0, causal_chunk_frames: int | None = None,
-                   continuation_steps: int | None = 4, progress: ProgressFn | None = None) -> ODEPairs:
-    """Run :func:`teacher_ode` for every prompt in ``prompts`` (one trajectory each, fresh seeded noise).
+                   continuation_steps: int | None = 4, target: str = "ode",
+                   progress: ProgressFn | None = None) -> ODEPairs:
+    """Run the teacher for every prompt in ``prompts`` (one trajectory each, fresh seeded noise).
+
+    ``target="ode"`` records :func:`teacher_ode` (or :func:`causal_teacher_ode`) trajectories, whose end point is the
+    target at every level (Self-Forcing's ODE pairs); ``target="sampler"`` records :func:`causal_teacher_sampler`,
+    the teacher's own guided prediction at each level of the student's few-step sampler (``num_steps`` and
+    ``continuation_steps`` are then unused; it needs ``causal_chunk_frames``).
 
     Args:
         teacher: the x0 predictor (the toy world's :class:`~streamr1.data.toy.MixtureTeacher`).
@@ -179,17 +234,29 @@ def make_ode_pairs(teacher: nn.Module, text_encoder: nn.Module, prompts: Sequenc
         causal_chunk_frames: integrate chunk by chunk with this many frames a chunk (:func:`causal_teacher_ode`);
             ``None`` integrates the whole video at once (:func:`teacher_ode`).
         continuation_steps: Euler steps of the chunks after the first in the causal mode.
+        target: ``"ode"`` or ``"sampler"`` (above).
         progress: called with ``(trajectories done in this batch, {})``.
     """
+    if target not in ("ode", "sampler"):
+        raise ValueError(f"target={target!r}: expected 'ode' (ODE end points) or 'sampler' (the teacher's "
+                         "predictions along the student's few-step sampler).")
+    if target == "sampler" and causal_chunk_frames is None:
+        raise ValueError("target='sampler' runs the teacher through the causal student's sampler: set "
+                         "causal_chunk_frames to the student's chunk size.")
     g = torch.Generator().manual_seed(seed)
     prompts = [str(p) for p in prompts]
-    xs_all, x0_all = [], []
+    steps = warped_steps(denoising_steps, shift)
+    xs_all, x0_all, targets_all = [], [], []
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start:start + batch_size]
         noise = torch.randn(len(chunk), *latent_shape, generator=g)
         cond = text_encoder.encode(chunk).float()
         neg = text_encoder.encode([negative_prompt] * len(chunk)).float()
-        if causal_chunk_frames is None:
+        if target == "sampler":
+            xs, targets, x0 = causal_teacher_sampler(teacher, cond, neg, noise, causal_chunk_frames, steps,
+                                                     guidance_scale, g)
+            targets_all.append(targets)
+        elif causal_chunk_frames is None:
             xs, x0 = teacher_ode(teacher, cond, neg, noise, guidance_scale, shift, num_steps, denoising_steps)
         else:
             xs, x0 = causal_teacher_ode(teacher, cond, neg, noise, causal_chunk_frames, guidance_scale, shift,
@@ -198,17 +265,20 @@ def make_ode_pairs(teacher: nn.Module, text_encoder: nn.Module, prompts: Sequenc
         x0_all.append(x0)
         if progress is not None:
             progress(len(chunk), {})
-    return ODEPairs(prompts, torch.cat(xs_all), torch.cat(x0_all), warped_steps(denoising_steps, shift))
+    return ODEPairs(prompts, torch.cat(xs_all), torch.cat(x0_all), steps,
+                    torch.cat(targets_all) if targets_all else None)
 
 
 def ode_regression_loss(student: nn.Module, xs: Tensor, x0: Tensor, cond: Tensor, steps: Sequence[float],
-                        generator: torch.Generator | None = None) -> Tensor:
+                        generator: torch.Generator | None = None, targets: Tensor | None = None) -> Tensor:
     """Self-Forcing's ODE-regression loss with teacher forcing from clean previous chunks (module docstring).
 
     The batch is split into one group per chunk index ``k`` (sample ``i`` trains chunk ``i mod K``); each sample
     also draws one recorded level ``j``. Group ``k`` runs the student's block-causal full-sequence forward on
     ``[x0[chunks < k] at t = 0, xs[j][chunk k] at t = steps[j]]`` and is scored by ``mean((x0_hat - x0)^2)`` on
-    chunk ``k``. Groups are weighted by their size, so the result is the mean over samples.
+    chunk ``k``. Groups are weighted by their size, so the result is the mean over samples. With ``targets``
+    (``[B, S, F, C, H, W]``, from :func:`causal_teacher_sampler`) chunk ``k`` at level ``j`` is scored against
+    ``targets[:, j]`` instead of ``x0``; the context is still ``x0``'s earlier chunks.
 
     Args:
         student: a causal student with ``chunk_frames`` and a block-causal ``forward(x_t, t [B, F], cond) -> x0``
@@ -234,7 +304,8 @@ def ode_regression_loss(student: nn.Module, xs: Tensor, x0: Tensor, cond: Tensor
         t = torch.zeros(idx.numel(), hi, device=xs.device)
         t[:, lo:hi] = steps_t[level[idx]].to(xs.device).unsqueeze(1)
         pred = student(inp, t, cond[idx])[:, lo:hi]
-        total = total + (pred - x0[idx, lo:hi]).pow(2).mean() * idx.numel()
+        goal = x0[idx, lo:hi] if targets is None else targets[idx, level[idx], lo:hi]
+        total = total + (pred - goal).pow(2).mean() * idx.numel()
     return total / b
 
 
@@ -272,7 +343,8 @@ def train_ode_student(student: nn.Module, pairs: ODEPairs, text_encoder: nn.Modu
     losses: list[float] = []
     for _ in range(iterations):
         idx = torch.randint(0, len(pairs), (batch_size,), generator=g)
-        loss = ode_regression_loss(student, pairs.xs[idx], pairs.x0[idx], cond_all[idx], pairs.steps, g)
+        targets = None if pairs.targets is None else pairs.targets[idx]
+        loss = ode_regression_loss(student, pairs.xs[idx], pairs.x0[idx], cond_all[idx], pairs.steps, g, targets)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)

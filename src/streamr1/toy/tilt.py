@@ -1,0 +1,204 @@
+"""``python -m streamr1.toy.tilt --output results`` (part of ``make bench-quality``): do the weights favour good modes?
+
+Stream-R1 (arXiv 2605.03849) claims that weighting each rollout's DMD loss by ``W_inter = exp(beta r_final)``
+(SPEC.md §4.2) moves the student toward the teacher's high-quality modes. With a student that samples like the
+teacher, the weighted objective's target is the teacher's distribution *tilted* by the weight,
+``q(x) ∝ p(x) W(x)``, so the share of weight each quality mode receives on the teacher's own rollouts is where the
+reweighted student is pushed. This measures that share directly, separately from how well a student can be trained:
+
+1. Rollouts: the exact teacher (:class:`~streamr1.data.toy.MixtureTeacher`, ``g_s = 3``) run through the student's
+   causal few-step sampler (:func:`~streamr1.toy.ode.causal_teacher_sampler`: 4 chunks, the warped levels
+   ``[1000, 937.5, 833.3, 625]``), ``repeats`` samples per cell caption, one set per seed. On the recipe's world about
+   55% land in good modes, the rest in the visual, motion and text flaws.
+2. Each rollout's quality mode comes from the oracle (:func:`~streamr1.data.oracle.classify_mode`), never from a reward.
+3. Each row's reward scores the rollouts; scores are z-normalised per axis over the seed's rollouts (what
+   ``streamr1 calibrate`` computes on them, SPEC.md §4.1); ``r_final`` and ``W_inter`` are the callbacks' own
+   functions (:func:`~streamr1.weighting.final_reward`, :func:`~streamr1.weighting.reliability_weight`, ``beta = 2``).
+4. Per row: the weight share of each quality mode, ``sum_{i in mode} W_i / sum_i W_i``, and the effective sample
+   size ``(sum W)^2 / (N sum W^2)`` as a fraction of ``N`` (1: uniform; small: a few rollouts carry the loss, the
+   price in diversity).
+
+Stream-R1's balancing term ``-lambda P`` is one number per batch (SPEC.md §4.4): it rescales every weight of the batch
+by ``exp(-beta lambda P)`` and cancels in the shares, so Stream-R1's tilt is ``Overall``'s. Saliency weighting
+(``W_intra``) acts within a rollout and is not measured here; the full table (:mod:`streamr1.toy.quality`) has it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from streamr1 import toy
+from streamr1.data.toy import MODES
+
+ROWS: dict[str, tuple[str, str | None, str | None]] = {
+    "dmd": ("plain DMD (W = 1): the teacher's own mixture", None, None),
+    "reward_forcing": ("Reward Forcing: exp(2 r_MQ), toy reward", "toy", "MQ"),
+    "stream_r1": ("Stream-R1: exp(2 (Overall - λP)), toy reward", "toy", "Overall"),
+    "vq_only": ("exp(2 r_VQ), toy reward", "toy", "VQ"),
+    "ta_only": ("exp(2 r_TA), toy reward", "toy", "TA"),
+    "oracle_mq": ("upper bound: Reward Forcing with the oracle as reward", "oracle", "MQ"),
+    "oracle_overall": ("upper bound: Stream-R1 with the oracle as reward", "oracle", "Overall"),
+}
+"""``{row: (label, reward ("toy", "oracle" or None: W = 1), reward mode of r_final)}``."""
+
+BETA = 2.0
+"""SPEC.md §4.2's inverse temperature."""
+
+
+def teacher_rollouts(repeats: int, seed: int, batch_size: int = 96) -> tuple[Tensor, list[str]]:
+    """``([N, 8, 3, 32, 32] in [-1, 1], N captions)``: the recipe's teacher through the student's few-step sampler,
+    ``repeats`` samples for each of the 48 cell captions (noise and re-noising seeded with ``seed``)."""
+    from streamr1.data.toy import ToyWorld
+    from streamr1.flow import warped_steps
+    from streamr1.toy.assets import build_teacher
+    from streamr1.toy.ode import causal_teacher_sampler
+
+    teacher = build_teacher()
+    prompts = [p for p in ToyWorld.cell_prompts() for _ in range(repeats)]
+    steps = warped_steps(toy.DENOISING_STEPS, toy.SHIFT)
+    g = torch.Generator().manual_seed(seed)
+    videos = []
+    for i in range(0, len(prompts), batch_size):
+        batch = prompts[i:i + batch_size]
+        noise = torch.randn(len(batch), *toy.LATENT_SHAPE, generator=g)
+        cond = teacher.text_encoder.encode(batch).float()
+        neg = teacher.text_encoder.encode([""] * len(batch)).float()
+        _, _, x0 = causal_teacher_sampler(teacher, cond, neg, noise, toy.CHUNK_FRAMES, steps, toy.GUIDANCE_SCALE, g)
+        videos.append(x0.clamp(-1, 1))
+    return torch.cat(videos), prompts
+
+
+def weight_shares(weights: Tensor, modes: Sequence[str]) -> dict[str, float]:
+    """``{"share_<mode>": sum of the weights of that mode's rollouts / sum of all weights, "ess": ...}``.
+
+    ``ess`` is Kish's effective sample size as a fraction of the rollouts, ``(sum w)^2 / (N sum w^2)``.
+
+    Args:
+        weights: ``[N]`` non-negative, finite, not all zero.
+        modes: ``N`` quality modes among :data:`~streamr1.data.toy.MODES`.
+    """
+    w = weights.detach().double().flatten()
+    if w.numel() != len(modes) or w.numel() == 0:
+        raise ValueError(f"weight_shares needs one weight per rollout: got {w.numel()} weights, {len(modes)} modes.")
+    if not torch.isfinite(w).all() or (w < 0).any() or float(w.sum()) <= 0:
+        raise ValueError("weight_shares needs finite, non-negative weights with a positive sum.")
+    total = float(w.sum())
+    out = {f"share_{m}": float(sum(float(wi) for wi, mi in zip(w, modes, strict=True) if mi == m)) / total
+           for m in MODES}
+    out["ess"] = total**2 / (w.numel() * float((w * w).sum()))
+    return out
+
+
+def zscore(scores: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Per-axis ``(s - mean) / std`` over the rollouts (SPEC.md §4.1 with the statistics of these rollouts)."""
+    out = {}
+    for axis, s in scores.items():
+        s = s.double()
+        if not torch.isfinite(s).all():
+            raise ValueError(f"reward axis {axis} gave non-finite scores on the teacher's rollouts.")
+        out[axis] = ((s - s.mean()) / s.std().clamp_min(1e-8)).float()
+    return out
+
+
+def measure(video: Tensor, prompts: Sequence[str], reward: Any) -> dict[str, dict[str, float]]:
+    """``{row: weight_shares(...)}`` of one set of rollouts for every row of :data:`ROWS`.
+
+    Args:
+        video: ``[N, T, 3, H, W]`` in ``[-1, 1]``; ``prompts``: their captions.
+        reward: the toy reward (an ``OpenCLIPVideoReward``), scored with :func:`~streamr1.toy.reward.reward_scores`.
+    """
+    from streamr1.data.oracle import classify_mode, oracle_scores
+    from streamr1.toy.reward import reward_scores
+    from streamr1.weighting import final_reward, reliability_weight
+
+    oracle = oracle_scores(video, list(prompts))
+    modes = classify_mode(oracle)
+    normalized = {"toy": zscore(reward_scores(reward, video, prompts)),
+                  "oracle": zscore({a: oracle[a] for a in ("VQ", "MQ", "TA")})}
+    out = {}
+    for row, (_, kind, mode) in ROWS.items():
+        if kind is None:
+            w = torch.ones(video.shape[0])
+        else:
+            w = reliability_weight(final_reward(normalized[kind], mode), BETA)  # type: ignore[arg-type]
+        out[row] = weight_shares(w, modes)
+    return out
+
+
+def table_markdown(per_seed: list[dict[str, dict[str, float]]], info: dict[str, Any]) -> str:
+    """Mean ± std over seeds of every row's shares and ESS."""
+    from streamr1.toy.quality import _mean_std
+
+    keys = [*(f"share_{m}" for m in MODES), "ess"]
+    heads = ["good-mode share", "visual-flaw share", "motion-flaw share", "text-flaw share", "effective sample size"]
+    lines = ["| weight | " + " | ".join(heads) + " |", "|---|" + "---|" * len(heads)]
+    for row, (label, _, _) in ROWS.items():
+        cells = []
+        for k in keys:
+            m, s = _mean_std([r[row][k] for r in per_seed])
+            cells.append(f"{m:.3f} ± {s:.3f}")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    header = [
+        "# Where the weights push: reward-tilted mode shares on the teacher's rollouts (streamr1.toy.tilt)",
+        "",
+        f"`{info['command']}`: the exact teacher through the student's causal 4-step sampler, {info['samples']} "
+        f"rollouts a seed (48 cell captions x {info['repeats']}), seeds {info['seeds']} (mean ± std over seeds). "
+        "Each rollout's quality mode is the oracle's; its weight is the row's W_inter = exp(2 r_final) with "
+        "per-axis z-scores over the seed's rollouts. A share is the weight on that mode over the total weight: "
+        "the mode mix the reweighted DMD objective pulls a teacher-like student toward (plain DMD: the teacher's "
+        "own mix). Effective sample size: (Σw)² / (N Σw²). Stream-R1's -λP is one number per batch and cancels "
+        "in the shares; saliency weighting is not measured here.",
+        f"Compute: {info['seconds']:.0f} s ({info['threads']} CPU thread(s)).",
+        "",
+    ]
+    return "\n".join(header + lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(prog="python -m streamr1.toy.tilt", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--output", default="results", help="folder for tilt.md and tilt.json")
+    parser.add_argument("--repeats", type=int, default=8, help="rollouts per cell caption (48 captions) a seed")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--reward", default="pkg://streamr1/assets/toy_reward.pt", help="the toy reward's file")
+    args = parser.parse_args(argv)
+    if args.repeats < 1 or not args.seeds:
+        parser.error("--repeats must be >= 1 and --seeds must name at least one seed.")
+    from streamr1.assets import resolve
+    from streamr1.io import atomic_output
+    from streamr1.toy.reward import toy_reward
+
+    reward = toy_reward(resolve(args.reward)).eval()
+    start = time.perf_counter()
+    per_seed = []
+    for seed in args.seeds:
+        video, prompts = teacher_rollouts(args.repeats, seed)
+        per_seed.append(measure(video, prompts, reward))
+        good = per_seed[-1]["dmd"]["share_good"]
+        print(f"[streamr1] seed {seed}: {len(prompts)} teacher rollouts, {good:.3f} in good modes; Stream-R1's weights "
+              f"put {per_seed[-1]['stream_r1']['share_good']:.3f} of the weight there", flush=True)
+    words = list(sys.argv[1:] if argv is None else argv)
+    info = {"command": " ".join(["python -m streamr1.toy.tilt", *words]),
+            "repeats": args.repeats, "samples": 48 * args.repeats, "seeds": args.seeds,
+            "seconds": time.perf_counter() - start, "threads": torch.get_num_threads(), "reward": args.reward}
+    os.makedirs(args.output, exist_ok=True)
+    with atomic_output(os.path.join(args.output, "tilt.md")) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(table_markdown(per_seed, info))
+    payload = {"info": info, "rows": {r: label for r, (label, _, _) in ROWS.items()}, "per_seed": per_seed}
+    with atomic_output(os.path.join(args.output, "tilt.json")) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(payload, fh, indent=2)
+        fh.write("\n")
+    print(f"[streamr1] wrote {args.output}/tilt.md and tilt.json in {info['seconds']:.0f} s")
+    return payload
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
