@@ -90,6 +90,21 @@ def teacher_ode(teacher: nn.Module, cond: Tensor, neg_cond: Tensor, noise: Tenso
     return torch.stack([recorded[i] for i in index], dim=1), x
 
 
+def _guided_chunk_x0(teacher: nn.Module, context: Tensor, x: Tensor, frames: int, level: float, cond: Tensor,
+                     neg_cond: Tensor, guidance_scale: float) -> Tensor:
+    """The guided teacher's ``x0`` (SPEC.md §3.2) of one chunk ``x`` ``[B, c, C, H, W]`` at ``level``, with per-frame
+    timesteps: the clean ``context`` frames before it at ``t = 0``, the other ``frames - lo - c`` frames (zeros) at
+    ``t = 1000`` (no information)."""
+    b, lo = x.shape[0], context.shape[1]
+    hi = lo + x.shape[1]
+    full = torch.cat([context, x, x.new_zeros(b, frames - hi, *x.shape[2:])], dim=1)
+    t = torch.full((b, frames), float(NUM_TRAIN_TIMESTEPS), device=x.device)
+    t[:, :lo] = 0.0
+    t[:, lo:hi] = level
+    both = teacher(torch.cat([full, full]), torch.cat([t, t]), torch.cat([cond, neg_cond]))
+    return cfg_x0(both[:b, lo:hi], both[b:, lo:hi], guidance_scale)
+
+
 @torch.no_grad()
 def causal_teacher_ode(teacher: nn.Module, cond: Tensor, neg_cond: Tensor, noise: Tensor, chunk_frames: int,
                        guidance_scale: float = 3.0, shift: float = 5.0, num_steps: int = 48,
@@ -127,12 +142,7 @@ def causal_teacher_ode(teacher: nn.Module, cond: Tensor, neg_cond: Tensor, noise
             if i in index:
                 xs_video[:, index.index(i), lo:hi] = x
             s, s_next = float(grid[i]) / NUM_TRAIN_TIMESTEPS, float(grid[i + 1]) / NUM_TRAIN_TIMESTEPS
-            full = torch.cat([x0_video[:, :lo], x, torch.zeros_like(noise[:, hi:])], dim=1)
-            t = torch.full((b, f), float(NUM_TRAIN_TIMESTEPS), device=noise.device)
-            t[:, :lo] = 0.0
-            t[:, lo:hi] = float(grid[i])
-            both = teacher(torch.cat([full, full]), torch.cat([t, t]), torch.cat([cond, neg_cond]))
-            x0 = cfg_x0(both[:b, lo:hi], both[b:, lo:hi], guidance_scale)
+            x0 = _guided_chunk_x0(teacher, x0_video[:, :lo], x, f, float(grid[i]), cond, neg_cond, guidance_scale)
             x = x0 + (s_next / s) * (x - x0) if s_next > 0 else x0
         x0_video[:, lo:hi] = x
     return xs_video, x0_video
@@ -170,12 +180,7 @@ def causal_teacher_sampler(teacher: nn.Module, cond: Tensor, neg_cond: Tensor, n
         x = noise[:, lo:hi]
         for i, level in enumerate(steps):
             xs[:, i, lo:hi] = x
-            full = torch.cat([x0_video[:, :lo], x, torch.zeros_like(noise[:, hi:])], dim=1)
-            t = torch.full((b, f), float(NUM_TRAIN_TIMESTEPS), device=noise.device)
-            t[:, :lo] = 0.0
-            t[:, lo:hi] = float(level)
-            both = teacher(torch.cat([full, full]), torch.cat([t, t]), torch.cat([cond, neg_cond]))
-            x0 = cfg_x0(both[:b, lo:hi], both[b:, lo:hi], guidance_scale)
+            x0 = _guided_chunk_x0(teacher, x0_video[:, :lo], x, f, float(level), cond, neg_cond, guidance_scale)
             targets[:, i, lo:hi] = x0
             if i + 1 < len(steps):
                 fresh = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)

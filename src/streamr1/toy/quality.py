@@ -76,16 +76,21 @@ def aggregate(runs: dict[str, list[dict[str, float]]]) -> dict[str, dict[str, tu
     return {stack: {k: _mean_std([r[k] for r in rows]) for k in rows[0]} for stack, rows in runs.items() if rows}
 
 
+def markdown_rows(agg: dict[str, dict[str, tuple[float, float]]], columns: Sequence[tuple[str, str]],
+                  labels: dict[str, str], first: str) -> list[str]:
+    """Markdown table lines of :func:`aggregate`'s output: one row a key of ``agg`` (named by ``labels``), one column
+    a ``(metric, heading)`` of ``columns``, cells ``mean ± std`` (empty where a row lacks the metric)."""
+    lines = ["| " + " | ".join([first, *(head for _, head in columns)]) + " |", "|---|" + "---|" * len(columns)]
+    for row, values in agg.items():
+        cells = [f"{values[k][0]:.3f} ± {values[k][1]:.3f}" if k in values else "" for k, _ in columns]
+        lines.append(f"| {labels.get(row, row)} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def table_markdown(agg: dict[str, dict[str, tuple[float, float]]], info: dict[str, Any]) -> str:
     """The table as markdown: one row a stack, ``mean ± std`` over seeds."""
     cols = [(k, label) for k, label in COLUMNS if any(k in v for v in agg.values())]
-    lines = [
-        "| run | " + " | ".join(label for _, label in cols) + " |",
-        "|---|" + "---|" * len(cols),
-    ]
-    for stack, values in agg.items():
-        cells = [f"{values[k][0]:.3f} ± {values[k][1]:.3f}" if k in values else "" for k, _ in cols]
-        lines.append(f"| {LABELS.get(stack, stack)} | " + " | ".join(cells) + " |")
+    lines = markdown_rows(agg, cols, LABELS, "run")
     header = [
         "# The toy world's quality table (make bench-quality)",
         "",

@@ -92,8 +92,7 @@ def weight_shares(weights: Tensor, modes: Sequence[str]) -> dict[str, float]:
     if not torch.isfinite(w).all() or (w < 0).any() or float(w.sum()) <= 0:
         raise ValueError("weight_shares needs finite, non-negative weights with a positive sum.")
     total = float(w.sum())
-    out = {f"share_{m}": float(sum(float(wi) for wi, mi in zip(w, modes, strict=True) if mi == m)) / total
-           for m in MODES}
+    out = {f"share_{m}": float(w[torch.tensor([mi == m for mi in modes])].sum()) / total for m in MODES}
     out["ess"] = total**2 / (w.numel() * float((w * w).sum()))
     return out
 
@@ -136,17 +135,12 @@ def measure(video: Tensor, prompts: Sequence[str], reward: Any) -> dict[str, dic
 
 def table_markdown(per_seed: list[dict[str, dict[str, float]]], info: dict[str, Any]) -> str:
     """Mean ± std over seeds of every row's shares and ESS."""
-    from streamr1.toy.quality import _mean_std
+    from streamr1.toy.quality import aggregate, markdown_rows
 
-    keys = [*(f"share_{m}" for m in MODES), "ess"]
-    heads = ["good-mode share", "visual-flaw share", "motion-flaw share", "text-flaw share", "effective sample size"]
-    lines = ["| weight | " + " | ".join(heads) + " |", "|---|" + "---|" * len(heads)]
-    for row, (label, _, _) in ROWS.items():
-        cells = []
-        for k in keys:
-            m, s = _mean_std([r[row][k] for r in per_seed])
-            cells.append(f"{m:.3f} ± {s:.3f}")
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    columns = [*((f"share_{m}", f"{m}-mode share" if m == "good" else f"{m}-flaw share") for m in MODES),
+               ("ess", "effective sample size")]
+    agg = aggregate({row: [r[row] for r in per_seed] for row in ROWS})
+    lines = markdown_rows(agg, columns, {row: label for row, (label, _, _) in ROWS.items()}, "weight")
     header = [
         "# Where the weights push: reward-tilted mode shares on the teacher's rollouts (streamr1.toy.tilt)",
         "",
