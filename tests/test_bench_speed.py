@@ -58,8 +58,8 @@ def test_quickstart_size_is_the_default_and_has_the_recipes_shapes():
     assert [spec.train_frames, spec.channels, *spec.latent_hw] == model["latent_shape"]
     assert spec.batch == cfg["data"]["init_args"]["batch_size"] and spec.tokens_per_frame == 64
     assert list(speed.STEPS) == model["denoising_steps"] and speed.SHIFT == model["shift"]
-    assert model["teacher"]["class_path"] == "streamr1.data.toy.MixtureTeacher" and spec.teacher == "mixture"
-    assert model["text_encoder"]["class_path"] == "streamr1.data.toy.ToyTextEncoder"
+    assert model["teacher"]["class_path"] == "streamr1.toy.teacher.MixtureTeacher" and spec.teacher == "mixture"
+    assert model["text_encoder"]["class_path"] == "streamr1.toy.text.ToyTextEncoder"
 
 
 def test_stream_r1_stack_is_the_presets_and_its_copy_agrees():

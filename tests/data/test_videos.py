@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import streamr1.data.videos as videos_mod
-from streamr1.data.toy import ToyAttributes, render
 from streamr1.data.videos import VideoFolderDataset, read_video, write_video
+from streamr1.toy.world import ToyAttributes, render
 
 
 def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -150,8 +150,8 @@ def test_video_folder_dataset(tmp_path):
 
 def test_oracle_survives_an_mp4_round_trip(tmp_path):
     """Reward calibration reads videos back from mp4: the oracle's classes must hold after H.264 (yuv420p)."""
-    from streamr1.data.oracle import classify_mode, oracle_scores
-    from streamr1.data.toy import MODES, sample_attributes
+    from streamr1.toy.oracle import classify_mode, oracle_scores
+    from streamr1.toy.world import MODES, sample_attributes
 
     g = torch.Generator().manual_seed(3)
     for mode in MODES:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from streamr1.data.oracle import oracle_scores
-from streamr1.data.toy import ToyAttributes, caption, render
 from streamr1.rewards.service import RewardService
+from streamr1.toy.oracle import oracle_scores
 from streamr1.toy.oracle_reward import OracleReward
+from streamr1.toy.world import ToyAttributes, caption, render
 
 
 def test_scores_are_the_oracles_on_the_same_pixels_and_rank_the_flaws():

@@ -49,7 +49,7 @@ def test_measure_uses_the_callbacks_weight_on_teacher_rollouts():
     video, prompts = tilt.teacher_rollouts(repeats=1, seed=0)
     assert video.shape == (48, 8, 3, 32, 32) and len(prompts) == 48
     assert float(video.min()) >= -1 and float(video.max()) <= 1
-    from streamr1.data.oracle import classify_mode, oracle_scores
+    from streamr1.toy.oracle import classify_mode, oracle_scores
 
     modes = classify_mode(oracle_scores(video, prompts))
     out = tilt.measure(video, prompts, AxisReward())
@@ -75,7 +75,7 @@ def test_main_writes_the_table(tmp_path, monkeypatch):
 
 
 def _fake_rollouts(seed):
-    from streamr1.data.toy import ToyAttributes, caption, render
+    from streamr1.toy.world import ToyAttributes, caption, render
 
     attrs = [ToyAttributes("circle", "red", "left"), ToyAttributes("square", "blue", "up")]
     video = torch.stack([render(a, mode, seed=seed) for a in attrs for mode in ("good", "visual")])

@@ -11,9 +11,9 @@ import os
 import pytest
 import torch
 
-from streamr1.data.toy import ToyAttributes, ToyWorld, caption, render
 from streamr1.data.videos import VideoFolderDataset, write_video
 from streamr1.toy.evaluation import evaluate_folder, evaluate_videos
+from streamr1.toy.world import ToyAttributes, ToyWorld, caption, render
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CELLS = [ToyAttributes("circle", "red", "left"), ToyAttributes("square", "blue", "up"),

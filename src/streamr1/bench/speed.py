@@ -15,7 +15,7 @@ section):
 * ``quickstart`` (default): the models of ``configs/quickstart.yaml`` (read from the repository when present, else
   a copy): student and critic 4 layers, 4 heads x 32, FFN 256, patch (1, 4, 4), pixel space 8 x 3 x 32 x 32 (64
   tokens a frame), chunks of 2 frames, batch 4 (the recipe's micro-batch). The teacher is the recipe's own, the
-  exact mixture denoiser ``streamr1.data.toy.MixtureTeacher`` of the 512-video toy world (built once a process,
+  exact mixture denoiser ``streamr1.toy.teacher.MixtureTeacher`` of the 512-video toy world (built once a process,
   about 10 s on a CPU), with ``ToyTextEncoder(dim=32)`` embeddings, as the recipe. The student is random, not the
   shipped ODE-initialised one: the same shapes, so the same time.
 * ``tiny``: the models of ``configs/tiny_random.yaml`` (2 layers, width 16, 16x16 latent: 64 tokens a frame,
@@ -288,7 +288,7 @@ class LatentIdentityVAE(IdentityVAE):
 @functools.lru_cache(maxsize=2)
 def _mixture_teacher(num_videos: int, seed: int, text_dim: int) -> nn.Module:
     """The toy world's exact teacher (building the world takes seconds: once a process)."""
-    from streamr1.data.toy import MixtureTeacher
+    from streamr1.toy.teacher import MixtureTeacher
 
     return MixtureTeacher(num_videos=num_videos, seed=seed, text_dim=text_dim)
 
@@ -304,7 +304,7 @@ def build_teacher(spec: BenchSpec) -> nn.Module:
 def build_text_encoder(spec: BenchSpec) -> nn.Module:
     """``spec``'s text encoder: ``HashTextEncoder``, or ``ToyTextEncoder`` (the mixture teacher decodes its codes)."""
     if spec.teacher == "mixture":
-        from streamr1.data.toy import ToyTextEncoder
+        from streamr1.toy.text import ToyTextEncoder
 
         return ToyTextEncoder(dim=int(spec.wan["text_dim"]))
     return HashTextEncoder(dim=int(spec.wan["text_dim"]), length=spec.text_len)

@@ -1,16 +1,19 @@
-"""The toy world's recipe: Stream-R1 run and measured on a CPU (DESIGN.md, "The toy world").
+"""The toy world: Stream-R1's whole recipe run and measured on a CPU (DESIGN.md, "The toy world").
 
-The world itself (videos, captions, the exact teacher) is :mod:`streamr1.data.toy`, its oracle metrics
-:mod:`streamr1.data.oracle`. This package holds what turns it into a runnable, measurable recipe:
+One package; the framework core never imports it. What each file is:
 
+- :mod:`streamr1.toy.world`: attributes, captions, rendering and the :class:`~streamr1.toy.world.ToyWorld` dataset;
+- :mod:`streamr1.toy.text`: the caption encoder; :mod:`streamr1.toy.teacher`: the exact mixture teacher;
+- :mod:`streamr1.toy.oracle`: per-video oracle scores from the pixels; :mod:`streamr1.toy.metrics`: the same as
+  torchmetrics (good-mode fraction, coverage, the module's ``evaluator``);
+- :mod:`streamr1.toy.prompts`: the world's captions as a prompt datamodule;
 - :mod:`streamr1.toy.ode`: the student's ODE-regression initialisation (Self-Forcing);
 - :mod:`streamr1.toy.reward`: the toy reward, a real ``OpenCLIPVideoReward`` trained on the world's renders;
-- :mod:`streamr1.toy.assets`: ``python -m streamr1.toy.assets`` makes both (and the reward's statistics);
-- :mod:`streamr1.toy.evaluator`: the oracle metrics as one torchmetrics collection (the module's ``evaluator``);
-- :mod:`streamr1.toy.data`: the world's captions as a prompt datamodule;
-- :mod:`streamr1.toy.evaluation`: before/after evaluation of a student (oracle and reward);
-- :mod:`streamr1.toy.demo`: ``make demo``; :mod:`streamr1.toy.quality`: ``make bench-quality``.
-- :mod:`streamr1.toy.tilt`: where each stack's weights push a teacher-like student (the weight share of each mode).
+  :mod:`streamr1.toy.oracle_reward`: the oracle as a reward (upper bound);
+- :mod:`streamr1.toy.assets`: ``python -m streamr1.toy.assets`` makes the shipped files;
+- :mod:`streamr1.toy.runs`, :mod:`streamr1.toy.evaluation`: fit a stack, evaluate a student or a folder of videos;
+- :mod:`streamr1.toy.demo` (``make demo``), :mod:`streamr1.toy.quality` and :mod:`streamr1.toy.tilt`
+  (``make bench-quality``).
 
 The constants below are the recipe ``configs/quickstart.yaml`` spells out (a test checks they agree).
 """
@@ -20,7 +23,7 @@ from __future__ import annotations
 from typing import Any
 
 WORLD: dict[str, Any] = {"num_videos": 512, "seed": 0}
-"""The :class:`~streamr1.data.toy.ToyWorld` of the recipe (teacher, evaluator): 512 videos, 48 cells, 55% good."""
+"""The :class:`~streamr1.toy.world.ToyWorld` of the recipe (teacher, evaluator): 512 videos, 48 cells, 55% good."""
 
 LATENT_SHAPE: tuple[int, int, int, int] = (8, 3, 32, 32)
 """``[F, C, H, W]``: pixel space (the VAE is the identity), 8 frames of 32x32 RGB, 4 chunks of 2 frames."""

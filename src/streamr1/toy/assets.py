@@ -3,8 +3,8 @@
 The slow-to-make inputs of the toy recipe (``configs/quickstart.yaml``), made by the project's own code on a CPU:
 
 1. **Student initialisation** (Self-Forcing's ODE stage, :mod:`streamr1.toy.ode`): the exact
-   :class:`~streamr1.data.toy.MixtureTeacher`'s guided ODE (``g_s = 3``, shift 5, many Euler steps), integrated chunk by
-   chunk on clean context, is recorded at the warped few-step levels ``[1000, 937.5, 833.3, 625]``; the causal
+   :class:`~streamr1.toy.teacher.MixtureTeacher`'s guided ODE (``g_s = 3``, shift 5, many Euler steps), integrated
+   chunk by chunk on clean context, is recorded at the warped few-step levels ``[1000, 937.5, 833.3, 625]``; the causal
    student (:data:`~streamr1.toy.STUDENT_CONFIG`) regresses the end points with teacher forcing from clean previous
    chunks. Written as ``toy_student.safetensors`` (float16 tensors; loading casts them back to float32).
 2. **Reward** (:mod:`streamr1.toy.reward`): a tiny open_clip CLIP and its VQ/MQ/TA heads, trained on fresh renders of
@@ -110,7 +110,8 @@ def _write_json(path: str, payload: dict[str, Any]) -> None:
 
 def build_teacher() -> Any:
     """The recipe's exact teacher (:data:`~streamr1.toy.WORLD`) with its text encoder."""
-    from streamr1.data.toy import MixtureTeacher, ToyTextEncoder
+    from streamr1.toy.teacher import MixtureTeacher
+    from streamr1.toy.text import ToyTextEncoder
 
     return MixtureTeacher(text_encoder=ToyTextEncoder(dim=toy.TEXT_DIM), text_dim=toy.TEXT_DIM, **toy.WORLD)
 
@@ -124,8 +125,8 @@ def build_student(path: str | None = None) -> Any:
 
 def make_student(budget: Budget, seed: int = 0) -> tuple[Any, dict[str, Any]]:
     """Stage 1: ODE pairs from the teacher, then the student's regression. Returns the student and a summary."""
-    from streamr1.data.toy import ToyWorld
     from streamr1.toy.ode import make_ode_pairs, train_ode_student
+    from streamr1.toy.world import ToyWorld
 
     teacher = build_teacher()
     prompts = [p for p in ToyWorld.cell_prompts() for _ in range(budget.ode_per_prompt)]
@@ -187,10 +188,11 @@ def make_reward(budget: Budget, seed: int = 0) -> tuple[Any, dict[str, Any]]:
 
 def calibrate_reward(reward: Any, student: Any, budget: Budget, seed: int = 0) -> tuple[dict[str, Any], dict]:
     """Stage 3: the reward's per-axis statistics over the student's rollouts, and the student's oracle numbers."""
-    from streamr1.data.toy import ToyTextEncoder, ToyWorld
     from streamr1.flow import warped_steps
     from streamr1.rewards.normalization import calibrate_from_videos
     from streamr1.toy.evaluation import eval_prompts, evaluate_videos, sample_student
+    from streamr1.toy.text import ToyTextEncoder
+    from streamr1.toy.world import ToyWorld
 
     prompts = eval_prompts(budget.calibration_repeats)
     video = sample_student(student, ToyTextEncoder(dim=toy.TEXT_DIM), prompts, toy.LATENT_SHAPE,

@@ -46,9 +46,10 @@ ROWS: tuple[tuple[str, str, str], ...] = (
 
 def measure(student: Any, prompts: Sequence[str], seed: int, reward: Any) -> dict[str, float]:
     """Oracle and reward numbers of ``student`` on ``prompts`` from fixed noise (``seed``)."""
-    from streamr1.data.toy import ToyTextEncoder, ToyWorld
     from streamr1.flow import warped_steps
     from streamr1.toy.evaluation import evaluate_videos, sample_student
+    from streamr1.toy.text import ToyTextEncoder
+    from streamr1.toy.world import ToyWorld
 
     video = sample_student(student, ToyTextEncoder(dim=toy.TEXT_DIM), prompts, toy.LATENT_SHAPE,
                            warped_steps(toy.DENOISING_STEPS, toy.SHIFT), seed=seed)
@@ -68,7 +69,7 @@ def report_markdown(before: dict[str, float], after: dict[str, float], after_ema
         f"Command: `{info['command']}` ({info['fit_seconds']:.0f} s fit, {info['student_steps']} student steps, "
         f"{info['critic_steps']} critic steps). Evaluation: {info['samples']} samples (each of the 48 cell captions "
         f"{info['repeats']} times) from the same fixed noise before and after; oracle numbers from the pixels "
-        "(streamr1.data.oracle), reward numbers from the toy reward (raw scores).",
+        "(streamr1.toy.oracle), reward numbers from the toy reward (raw scores).",
         "",
         head,
         sep,

@@ -2,7 +2,7 @@
 
 Every run of the demo and of the quality table is measured the same way: the student generates one video per
 prompt from *fixed* noise (seeded, the same for every run), through its KV cache with all few steps (inference,
-SPEC.md §2), and the videos are scored by the oracle (:class:`~streamr1.toy.evaluator.ToyOracleMetrics`) and,
+SPEC.md §2), and the videos are scored by the oracle (:class:`~streamr1.toy.metrics.ToyOracleMetrics`) and,
 optionally, by the reward model (raw scores, the mean per axis).
 """
 
@@ -14,8 +14,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from streamr1.data.toy import ToyWorld
-from streamr1.toy.evaluator import ToyOracleMetrics
+from streamr1.toy.metrics import ToyOracleMetrics
+from streamr1.toy.world import ToyWorld
 
 
 @torch.no_grad()
@@ -63,7 +63,7 @@ def sample_videos(module: Any, prompts: Sequence[str], seed: int = 1234, batch_s
 @torch.no_grad()
 def evaluate_videos(video: Tensor, prompts: Sequence[str], world: ToyWorld, reward: Any = None,
                     batch_size: int = 64) -> dict[str, float]:
-    """Oracle metrics (:class:`~streamr1.toy.evaluator.ToyOracleMetrics`) and, with ``reward``, the reward's mean raw
+    """Oracle metrics (:class:`~streamr1.toy.metrics.ToyOracleMetrics`) and, with ``reward``, the reward's mean raw
     score per axis (``reward_VQ``, ``reward_MQ``, ``reward_TA``) of ``video`` ``[N, T, 3, H, W]`` in ``[-1, 1]``."""
     metrics = ToyOracleMetrics(world=world)
     for i in range(0, video.shape[0], batch_size):

@@ -115,7 +115,7 @@ def causal_teacher_ode(teacher: nn.Module, cond: Tensor, neg_cond: Tensor, noise
     What the teacher does when it generates the way the student will (SPEC.md §2): chunk ``k`` integrates the guided
     ODE over its own frames with per-frame timesteps ``t = 0`` on the finished chunks ``0..k-1`` (clean context) and
     ``t = 1000`` on the frames after it (pure noise: no information). The teacher must accept per-frame timesteps
-    ``[B, F]`` (the toy :class:`~streamr1.data.toy.MixtureTeacher` does: its likelihood is a product over frames).
+    ``[B, F]`` (the toy :class:`~streamr1.toy.teacher.MixtureTeacher` does: its likelihood is a product over frames).
     Each chunk's target is then a deterministic function of its own noise and the clean context, which a causal
     student can learn; with the bidirectional :func:`teacher_ode` the first chunk's end point also depends on the
     noise of frames the causal student never sees.
@@ -227,7 +227,7 @@ def make_ode_pairs(teacher: nn.Module, text_encoder: nn.Module, prompts: Sequenc
     ``continuation_steps`` are then unused; it needs ``causal_chunk_frames``).
 
     Args:
-        teacher: the x0 predictor (the toy world's :class:`~streamr1.data.toy.MixtureTeacher`).
+        teacher: the x0 predictor (the toy world's :class:`~streamr1.toy.teacher.MixtureTeacher`).
         text_encoder: ``encode(prompts) -> [B, L, D]``.
         prompts: one trajectory per entry (repeat prompts for several).
         latent_shape: ``[F, C, H, W]``.

@@ -2,7 +2,7 @@
 
 Stream-R1's weights are only as good as the reward's ranking of the student's rollouts. On the toy world that ranking
 can be made perfect: :class:`OracleReward` returns the oracle's own VQ / MQ / TA scores
-(:func:`streamr1.data.oracle.oracle_scores`, computed from the pixels and the caption). Plugged into the
+(:func:`streamr1.toy.oracle.oracle_scores`, computed from the pixels and the caption). Plugged into the
 :class:`~streamr1.rewards.service.RewardService` in place of the trained toy reward, it separates the two questions
 the quality table mixes: does reliability weighting help when the reward is right, and is the toy reward right.
 
@@ -38,7 +38,7 @@ class OracleReward(nn.Module):
     axes: tuple[str, ...] = AXES
 
     def forward(self, video: Tensor, prompts: Sequence[str]) -> dict[str, Tensor]:
-        from streamr1.data.oracle import oracle_scores
+        from streamr1.toy.oracle import oracle_scores
 
         scores = oracle_scores(video.detach().float() * 2 - 1, list(prompts))
         return {a: scores[a].to(video.dtype) for a in self.axes}

@@ -143,8 +143,8 @@ def plot(agg: dict[str, dict[str, tuple[float, float]]], path: str) -> None:
 def run_one(stack: str, seed: int, out: str, max_steps: int, prompts: Sequence[str], reward: Any,
             extra: Sequence[str] = ()) -> dict[str, float]:
     """One row entry: fit ``stack`` with ``seed`` (in-process CLI), then measure the trained student."""
-    from streamr1.data.toy import ToyWorld
     from streamr1.toy.evaluation import evaluate_videos, sample_videos
+    from streamr1.toy.world import ToyWorld
 
     args = ["--trainer.max_steps", str(max_steps), "--trainer.limit_val_batches", "0",
             "--trainer.enable_checkpointing", "false", "--trainer.enable_progress_bar", "false",

@@ -3,14 +3,14 @@
 Stream-R1 (arXiv 2605.03849) weights the DMD loss with one reward model's per-axis scores and saliency (SPEC.md §4).
 In the toy world nothing can be downloaded, so the project makes its own: a tiny open_clip CLIP (ViT on the 32x32
 frames, a small text transformer over open_clip's bundled BPE tokenizer) with the three heads of
-``OpenCLIPVideoReward``, trained on fresh renders of every quality mode (:func:`~streamr1.data.toy.render`):
+``OpenCLIPVideoReward``, trained on fresh renders of every quality mode (:func:`~streamr1.toy.world.render`):
 
 - **TA**: the CLIP towers learn a contrastive frames<->captions objective (InfoNCE, the caption of what is actually
   drawn, so a wrong-colour render pairs with its true colour), plus a regression of ``scale * mean_t cos`` on the
   requested caption to the oracle TA. Single frames cannot see direction, so (like a real CLIP score) TA only
   catches wrong colours and shapes, not wrong directions.
 - **VQ** / **MQ**: the heads (and the image tower under them) regress the oracle's VQ and MQ
-  (:func:`~streamr1.data.oracle.oracle_scores`, clipped to the range where ranks matter).
+  (:func:`~streamr1.toy.oracle.oracle_scores`, clipped to the range where ranks matter).
 
 Besides clean renders of the four modes, a share of the training videos are "student-like": blends of two renders
 of one caption (ghosts, the typical failure of an under-trained student), and renders with mild extra noise, all
@@ -32,10 +32,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from streamr1.data.oracle import oracle_scores
-from streamr1.data.toy import MODES, ToyAttributes, caption, render_with_info, sample_attributes
 from streamr1.protocols import AXES
 from streamr1.rewards.openclip import FORMAT, OpenCLIPVideoReward
+from streamr1.toy.oracle import oracle_scores
+from streamr1.toy.world import MODES, ToyAttributes, caption, render_with_info, sample_attributes
 
 TOY_REWARD_CONFIG: dict[str, Any] = {
     "embed_dim": 32,
@@ -64,7 +64,7 @@ def reward_examples(num: int, seed: int, frames: int = 8, size: int = 32, p_ghos
                     p_noise: float = 0.15, augment: bool = True) -> dict[str, Any]:
     """Fresh labelled toy videos for training or evaluating a reward.
 
-    Modes are drawn uniformly from :data:`~streamr1.data.toy.MODES`. With ``augment``, a video is with probability
+    Modes are drawn uniformly from :data:`~streamr1.toy.world.MODES`. With ``augment``, a video is with probability
     ``p_ghost`` blended with a second render of the same caption (weight ``a ~ U(0.25, 0.75)``: a ghost) and with
     probability ``p_noise`` gets Gaussian pixel noise of std ``U(0, 0.12)``.
 

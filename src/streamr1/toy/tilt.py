@@ -6,11 +6,11 @@ teacher, the weighted objective's target is the teacher's distribution *tilted* 
 ``q(x) ∝ p(x) W(x)``, so the share of weight each quality mode receives on the teacher's own rollouts is where the
 reweighted student is pushed. This measures that share directly, separately from how well a student can be trained:
 
-1. Rollouts: the exact teacher (:class:`~streamr1.data.toy.MixtureTeacher`, ``g_s = 3``) run through the student's
+1. Rollouts: the exact teacher (:class:`~streamr1.toy.teacher.MixtureTeacher`, ``g_s = 3``) run through the student's
    causal few-step sampler (:func:`~streamr1.toy.ode.causal_teacher_sampler`: 4 chunks, the warped levels
    ``[1000, 937.5, 833.3, 625]``), ``repeats`` samples per cell caption, one set per seed. On the recipe's world about
    55% land in good modes, the rest in the visual, motion and text flaws.
-2. Each rollout's quality mode comes from the oracle (:func:`~streamr1.data.oracle.classify_mode`), never from a reward.
+2. Each rollout's quality mode comes from the oracle (:func:`~streamr1.toy.oracle.classify_mode`), never from a reward.
 3. Each row's reward scores the rollouts; scores are z-normalised per axis over the seed's rollouts (what
    ``streamr1 calibrate`` computes on them, SPEC.md §4.1); ``r_final`` and ``W_inter`` are the callbacks' own
    functions (:func:`~streamr1.weighting.final_reward`, :func:`~streamr1.weighting.reliability_weight`, ``beta = 2``).
@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 
 from streamr1 import toy
-from streamr1.data.toy import MODES
+from streamr1.toy.world import MODES
 
 ROWS: dict[str, tuple[str, str | None, str | None]] = {
     "dmd": ("plain DMD (W = 1): the teacher's own mixture", None, None),
@@ -57,10 +57,10 @@ BETA = 2.0
 def teacher_rollouts(repeats: int, seed: int, batch_size: int = 96) -> tuple[Tensor, list[str]]:
     """``([N, 8, 3, 32, 32] in [-1, 1], N captions)``: the recipe's teacher through the student's few-step sampler,
     ``repeats`` samples for each of the 48 cell captions (noise and re-noising seeded with ``seed``)."""
-    from streamr1.data.toy import ToyWorld
     from streamr1.flow import warped_steps
     from streamr1.toy.assets import build_teacher
     from streamr1.toy.ode import causal_teacher_sampler
+    from streamr1.toy.world import ToyWorld
 
     teacher = build_teacher()
     prompts = [p for p in ToyWorld.cell_prompts() for _ in range(repeats)]
@@ -84,7 +84,7 @@ def weight_shares(weights: Tensor, modes: Sequence[str]) -> dict[str, float]:
 
     Args:
         weights: ``[N]`` non-negative, finite, not all zero.
-        modes: ``N`` quality modes among :data:`~streamr1.data.toy.MODES`.
+        modes: ``N`` quality modes among :data:`~streamr1.toy.world.MODES`.
     """
     w = weights.detach().double().flatten()
     if w.numel() != len(modes) or w.numel() == 0:
@@ -115,7 +115,7 @@ def measure(video: Tensor, prompts: Sequence[str], reward: Any) -> dict[str, dic
         video: ``[N, T, 3, H, W]`` in ``[-1, 1]``; ``prompts``: their captions.
         reward: the toy reward (an ``OpenCLIPVideoReward``), scored with :func:`~streamr1.toy.reward.reward_scores`.
     """
-    from streamr1.data.oracle import classify_mode, oracle_scores
+    from streamr1.toy.oracle import classify_mode, oracle_scores
     from streamr1.toy.reward import reward_scores
     from streamr1.weighting import final_reward, reliability_weight
 

@@ -1,7 +1,7 @@
 """Oracle metrics of the toy world, computed from pixels only (never from a reward model).
 
 Stream-R1 (arXiv 2605.03849) scores videos on visual quality (VQ), motion quality (MQ) and text alignment
-(TA) with a learned reward model. In the toy world (:mod:`streamr1.data.toy`) the ground truth is known, so
+(TA) with a learned reward model. In the toy world (:mod:`streamr1.toy.world`) the ground truth is known, so
 these hand-written detectors measure each axis directly from the pixels; they are the yardstick both for
 calibrating a reward model (rank correlation) and for the paper's claim (does the reward-weighted student
 land in good modes more often than plain DMD?).
@@ -26,16 +26,13 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torchmetrics import Metric
 
-from streamr1.data.toy import (
+from streamr1.toy.world import (
     COLOUR_RGB,
     COLOURS,
     DIRECTION_VEC,
     DIRECTIONS,
-    NUM_CELLS,
     ToyAttributes,
-    ToyWorld,
     gaussian_blur,
     parse_caption,
 )
@@ -190,7 +187,7 @@ def good_mode(scores: dict[str, Tensor], thresholds: dict[str, float] | None = N
 
 
 def classify_mode(scores: dict[str, Tensor], thresholds: dict[str, float] | None = None) -> list[str]:
-    """The quality mode (:data:`~streamr1.data.toy.MODES`) the oracle assigns: the first failing axis in the order
+    """The quality mode (:data:`~streamr1.toy.world.MODES`) the oracle assigns: the first failing axis in the order
     VQ (``"visual"``), MQ (``"motion"``), TA (``"text"``), else ``"good"``. (Noise upsets the tracker and jitter the
     direction estimate, so an earlier axis takes precedence.)"""
     th = THRESHOLDS if thresholds is None else thresholds
@@ -205,133 +202,3 @@ def classify_mode(scores: dict[str, Tensor], thresholds: dict[str, float] | None
         else:
             out.append("good")
     return out
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Metrics
-
-
-def _good_flags(video_or_good: Tensor, attrs: Sequence[ToyAttributes | str] | None) -> Tensor:
-    """``[B]`` bool from either precomputed flags (1-D) or videos ``[B, T, 3, H, W]`` plus their attributes."""
-    if video_or_good.ndim == 1:
-        return video_or_good.bool()
-    if attrs is None:
-        raise ValueError("Pass the attributes (or captions) the videos were generated for, to score TA.")
-    return good_mode(oracle_scores(video_or_good, attrs))
-
-
-class GoodModeFraction(Metric):
-    """Fraction of videos that land in a good mode (:func:`good_mode`), over everything seen on all ranks.
-
-    ``update(video [B, T, 3, H, W], attrs)`` scores the videos with the oracle; ``update(good [B] bool)`` takes
-    flags computed elsewhere. ``compute()`` -> scalar in ``[0, 1]`` (0 when nothing was seen).
-    """
-
-    is_differentiable = False
-    higher_is_better = True
-    full_state_update = False
-
-    def __init__(self, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.add_state("good", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
-        self.add_state("total", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
-
-    def update(self, video_or_good: Tensor, attrs: Sequence[ToyAttributes | str] | None = None) -> None:
-        flags = _good_flags(video_or_good, attrs).to(self.good.device)
-        self.good += flags.sum()
-        self.total += flags.numel()
-
-    def compute(self) -> Tensor:
-        return self.good.float() / self.total.clamp_min(1).float()
-
-
-def _cells(attrs: Sequence[ToyAttributes | str], device: torch.device) -> Tensor:
-    return torch.tensor([a.cell for a in _as_attrs(attrs)], dtype=torch.long, device=device)
-
-
-class CellCoverage(Metric):
-    """Fraction of the requested (shape, colour, direction) cells for which at least one generated video is good.
-
-    A cell is requested when at least one update carried a prompt for it; the denominator is the number of
-    requested cells (over all ranks), not all 48, so a run on a prompt subset can reach 1. Scalar in ``[0, 1]``.
-    ``update(video [B, T, 3, H, W], attrs)`` or ``update(good [B] bool, attrs)``.
-    """
-
-    is_differentiable = False
-    higher_is_better = True
-    full_state_update = False
-
-    def __init__(self, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.add_state("requested", default=torch.zeros(NUM_CELLS, dtype=torch.long), dist_reduce_fx="sum")
-        self.add_state("good", default=torch.zeros(NUM_CELLS, dtype=torch.long), dist_reduce_fx="sum")
-
-    def update(self, video_or_good: Tensor, attrs: Sequence[ToyAttributes | str]) -> None:
-        flags = _good_flags(video_or_good, attrs).to(self.good.device).long()
-        cells = _cells(attrs, self.good.device)
-        self.requested += torch.bincount(cells, minlength=NUM_CELLS)
-        self.good += torch.bincount(cells, weights=flags.double(), minlength=NUM_CELLS).long()
-
-    def compute(self) -> Tensor:
-        req = self.requested > 0
-        return ((self.good > 0) & req).sum().float() / req.sum().clamp_min(1).float()
-
-
-class ModeCoverage(Metric):
-    """Mode recall: the fraction of the world's good modes, in the requested cells, that the generated set reaches.
-
-    The exact teacher's modes are the world's videos (:class:`~streamr1.data.toy.MixtureTeacher`). Each generated
-    video that the oracle judges good is assigned to its nearest (pixel L2) world video among the *good* videos
-    of the cell (shape, colour, direction) its prompt asked for; that world video is then *hit*. With ``R`` the
-    good world videos whose cell was requested at least once (over all ranks)::
-
-        coverage = |{i in R : hit_i}| / |R|
-
-    It rewards variety: a student that collapses onto one good video per prompt scores ``1 / (good videos per
-    cell)`` however good its samples are, and it is bounded by ``generated good / |R|``, so compare runs with
-    the same number of samples per prompt. ``update(video [B, T, 3, H, W], attrs)``; scalar in ``[0, 1]``.
-
-    Args:
-        world: the :class:`ToyWorld` the teacher was built on.
-    """
-
-    is_differentiable = False
-    higher_is_better = True
-    full_state_update = False
-
-    def __init__(self, world: ToyWorld, **kwargs) -> None:
-        super().__init__(**kwargs)
-        good = world.good_mask()
-        self._world_good_index = torch.nonzero(good).squeeze(1)  # [G] indices into the world
-        self._world_good = world.videos[good].flatten(1)  # [G, P]
-        self._world_good_cells = world.cells[good]  # [G]
-        self.add_state("requested", default=torch.zeros(NUM_CELLS, dtype=torch.long), dist_reduce_fx="sum")
-        self.add_state("hits", default=torch.zeros(len(world), dtype=torch.long), dist_reduce_fx="sum")
-        self._num_world = len(world)
-        self._world_cells = world.cells
-        self._world_is_good = good
-
-    def update(self, video: Tensor, attrs: Sequence[ToyAttributes | str]) -> None:
-        v = _check_video(video)
-        attrs = _as_attrs(attrs)
-        dev = self.hits.device
-        cells = _cells(attrs, dev)
-        self.requested += torch.bincount(cells, minlength=NUM_CELLS)
-        flags = good_mode(oracle_scores(v, attrs)).to(dev)
-        if self._world_good.device != dev:  # move the reference set once, not every update
-            self._world_good, self._world_good_cells = self._world_good.to(dev), self._world_good_cells.to(dev)
-            self._world_good_index = self._world_good_index.to(dev)
-        bank, world_cells = self._world_good, self._world_good_cells
-        if bank.shape[1] != v[0].numel():
-            raise ValueError(f"Generated videos {tuple(v.shape[1:])} do not have the world's video shape.")
-        d = torch.cdist(v.flatten(1).to(dev), bank)  # [B, G]
-        d = d.masked_fill(cells.unsqueeze(1) != world_cells.unsqueeze(0), float("inf"))
-        nearest = d.argmin(dim=1)
-        valid = flags & torch.isfinite(d.gather(1, nearest[:, None]).squeeze(1))
-        idx = self._world_good_index[nearest[valid]]
-        self.hits += torch.bincount(idx, minlength=self._num_world)
-
-    def compute(self) -> Tensor:
-        dev = self.hits.device
-        req = (self.requested > 0)[self._world_cells.to(dev)] & self._world_is_good.to(dev)  # [N]
-        return ((self.hits > 0) & req).sum().float() / req.sum().clamp_min(1).float()

@@ -5,18 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from streamr1.data.oracle import (
-    THRESHOLDS,
-    CellCoverage,
-    GoodModeFraction,
-    ModeCoverage,
-    classify_mode,
-    good_mode,
-    oracle_scores,
-    track,
-    visual_quality,
-)
-from streamr1.data.toy import MODES, ToyAttributes, ToyWorld, caption, render, render_with_info, sample_attributes
+from streamr1.toy.metrics import CellCoverage, GoodModeFraction, ModeCoverage
+from streamr1.toy.oracle import THRESHOLDS, classify_mode, good_mode, oracle_scores, track, visual_quality
+from streamr1.toy.world import MODES, ToyAttributes, ToyWorld, caption, render, render_with_info, sample_attributes
 
 PER_MODE = 100
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from streamr1.data.toy import MODES, ToyAttributes, ToyWorld, caption, render
-from streamr1.toy.evaluator import METRIC_NAMES, ToyOracleMetrics
+from streamr1.toy.metrics import METRIC_NAMES, ToyOracleMetrics
+from streamr1.toy.world import MODES, ToyAttributes, ToyWorld, caption, render
 
 
 @pytest.fixture(scope="module")

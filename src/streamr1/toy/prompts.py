@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch.utils.data import DataLoader
 
 from streamr1.data.prompts import PromptDataModule, PromptDataset
-from streamr1.data.toy import ToyWorld
+from streamr1.toy.world import ToyWorld
 
 
 class ToyPromptDataModule(PromptDataModule):
@@ -27,7 +27,7 @@ class ToyPromptDataModule(PromptDataModule):
     Example::
 
         data:
-          class_path: streamr1.toy.data.ToyPromptDataModule
+          class_path: streamr1.toy.prompts.ToyPromptDataModule
           init_args: {batch_size: 4, val_repeats: 1, val_batch_size: 48}
     """
 

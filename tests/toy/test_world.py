@@ -9,7 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from streamr1.data.toy import (
+from streamr1.protocols import Denoiser, TextEncoder
+from streamr1.toy.teacher import MixtureTeacher
+from streamr1.toy.text import ToyTextEncoder
+from streamr1.toy.world import (
     BACKGROUNDS,
     COLOURS,
     DIRECTIONS,
@@ -17,9 +20,7 @@ from streamr1.data.toy import (
     NUM_CELLS,
     SHAPES,
     SPEEDS,
-    MixtureTeacher,
     ToyAttributes,
-    ToyTextEncoder,
     ToyWorld,
     caption,
     parse_caption,
@@ -27,7 +28,6 @@ from streamr1.data.toy import (
     render_with_info,
     sample_attributes,
 )
-from streamr1.protocols import Denoiser, TextEncoder
 
 
 @pytest.fixture(scope="module")
