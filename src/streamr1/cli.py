@@ -89,12 +89,14 @@ class StreamR1CLI(LightningCLI):
         }
 
 
-def main(args: list[str] | None = None) -> StreamR1CLI | None:
+def main(args: list[str] | None = None, run: bool = True) -> StreamR1CLI | None:
     """Entry point of the ``streamr1`` console script.
 
     Returns the CLI (its ``trainer``, ``model``, ``datamodule``) when called with ``args``, and ``None`` when it reads
     ``sys.argv``: the console script hands the return value to ``sys.exit``, which would print any other object and
-    exit with status 1, and torchrun and SLURM take that for a failed worker.
+    exit with status 1, and torchrun and SLURM take that for a failed worker. With ``run=False`` nothing runs:
+    ``args`` hold no subcommand, only the ``fit`` arguments (``--config ...``), and the CLI comes back with the
+    trainer, model and datamodule built as ``fit`` would build them (the benchmark, ``streamr1.bench``, uses this).
     """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is ever fetched from a hub at run time
     cli = StreamR1CLI(
@@ -105,6 +107,7 @@ def main(args: list[str] | None = None) -> StreamR1CLI | None:
         auto_configure_optimizers=False,
         save_config_kwargs={"overwrite": True},
         args=args,
+        run=run,
     )
     return cli if args is not None else None
 
