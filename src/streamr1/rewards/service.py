@@ -24,7 +24,7 @@ from streamr1.callbacks.base import RolloutContext
 from streamr1.protocols import AXES, RewardModel, as_device_dtype
 from streamr1.rewards.normalization import RewardNormalizer, RewardStatistics
 from streamr1.rewards.result import REWARD_CACHE_KEY, RewardResult
-from streamr1.rewards.saliency import ResizeMode, saliency_to_latent_grid
+from streamr1.rewards.saliency import ResizeMode, saliency_to_latent_grid, scored_frames_of
 
 SaliencySpace = Literal["pixels", "latent"]
 
@@ -439,8 +439,11 @@ class RewardService(Callback):
                         sal = pix_sal
                         if latent_shape is not None:
                             a_, b_ = pix_sal.shape[:2]
-                            sal = saliency_to_latent_grid(pix_sal.flatten(0, 1), latent_shape,
-                                                          self.saliency_resize).view(a_, b_, *latent_shape)
+                            # A reward that scores only some frames (VideoReward at 2 fps) names them, so every
+                            # latent frame still gets saliency (SPEC 4.6; saliency.fill_unscored_frames).
+                            scored = scored_frames_of(self.model, pix_sal.shape[2])
+                            sal = saliency_to_latent_grid(pix_sal.flatten(0, 1), latent_shape, self.saliency_resize,
+                                                          scored_frames=scored).view(a_, b_, *latent_shape)
                     keep = valid.view(1, -1, 1, 1, 1)
                     sal = torch.where(keep, torch.nan_to_num(sal, nan=0.0, posinf=0.0, neginf=0.0), 0.0)
                     if pix_sal is not None:
