@@ -53,6 +53,30 @@ def _read_student(ckpt_path: str, student: torch.nn.Module) -> tuple[dict[str, t
     return sd, ckpt
 
 
+def load_student(module: LightningModule, ckpt_path: str | None, use_ema: bool = True) -> dict[str, object]:
+    """Load the student's weights from ``ckpt_path`` (a ``.ckpt`` file or an FSDP2 sharded folder) into
+    ``module.student``, then the :class:`~streamr1.callbacks.ema.StudentEMA` weights over them when ``use_ema`` and
+    the checkpoint holds an EMA (with LoRA the EMA holds only the adapter tensors: the frozen base comes from the
+    checkpoint's weights). ``ckpt_path=None`` keeps the module's current weights.
+
+    Returns:
+        What was loaded: ``{"checkpoint": path or None, "ema": bool}`` (for manifests and reports).
+    """
+    if ckpt_path is None:
+        return {"checkpoint": None, "ema": False}
+    student = module.student
+    sd, ckpt = _read_student(ckpt_path, student)
+    student.load_state_dict(sd)
+    shadow = _ema_shadow(ckpt) if use_ema else None
+    if shadow is not None:
+        missing = sorted(set(shadow) - set(student.state_dict()))
+        if missing:
+            raise ValueError(f"The checkpoint's EMA names tensors the student does not have (e.g. {missing[:3]}): "
+                             "load it with the recipe (LoRA settings included) that wrote it.")
+        student.load_state_dict(dict(shadow.items()), strict=False)
+    return {"checkpoint": os.path.abspath(ckpt_path), "ema": shadow is not None}
+
+
 def export_student(module: LightningModule, output_dir: str, ckpt_path: str | None = None, use_ema: bool = True) -> str:
     """Write ``module.student``'s transformer to ``output_dir`` with ``save_pretrained``.
 
@@ -68,12 +92,7 @@ def export_student(module: LightningModule, output_dir: str, ckpt_path: str | No
         ``output_dir``.
     """
     student = module.student
-    if ckpt_path is not None:
-        sd, ckpt = _read_student(ckpt_path, student)
-        student.load_state_dict(sd)
-        shadow = _ema_shadow(ckpt) if use_ema else None
-        if shadow is not None:
-            student.load_state_dict({k: v for k, v in shadow.items()}, strict=False)
+    load_student(module, ckpt_path, use_ema)
     transformer = student.transformer
     parent = os.path.dirname(os.path.abspath(output_dir)) or "."
     os.makedirs(parent, exist_ok=True)
