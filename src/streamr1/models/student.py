@@ -16,10 +16,18 @@ class CausalWanDenoiser(nn.Module):
     """A Wan transformer made block-causal: each chunk attends to itself and the cached chunks before it.
 
     Args:
-        pretrained: local diffusers folder or state-dict file (e.g. the Self-Forcing ODE initialisation,
-            or the bidirectional teacher); ``None`` builds from ``config``.
-        config: ``WanTransformer3DModel`` arguments.
+        pretrained: a checkpoint file or folder in any layout of :func:`~streamr1.models.wan.build_wan_transformer`:
+            Self-Forcing's ``ode_init.pt`` / ``self_forcing_dmd.pt`` (original Wan keys under ``model.``, nested under
+            ``generator`` / ``generator_ema``), a diffusers folder or file, the original Wan folder; ``None`` builds
+            from ``config``.
+        config: ``WanTransformer3DModel`` arguments (random models; optional and checked with a checkpoint file).
         subfolder: subfolder of ``pretrained`` holding the transformer.
+        checkpoint_key: where the state dict sits in a torch file: ``auto`` (``generator_ema`` if present, else
+            ``generator``, else ``state_dict``, else flat), or one of ``generator_ema``, ``generator``,
+            ``state_dict``, ``none``. The log line says which was used.
+        key_prefix: prefix to strip from checkpoint keys; unset finds it (``model.``).
+        torch_dtype: parameter dtype; float32 when unset (the trained student keeps float32 master weights).
+        keep_fp32_modules: keep diffusers' float32 modules in float32; set ``False`` for a bf16 student under FSDP2.
         chunk_frames: latent frames per chunk (3 at Wan scale; the latent frame count must be a multiple).
         local_window_frames: frames attended at most (cache + current chunk); ``None`` attends to all. Set it to
             generate videos longer than the training length with a rolling cache.
@@ -30,7 +38,7 @@ class CausalWanDenoiser(nn.Module):
 
         student:
           class_path: streamr1.models.CausalWanDenoiser
-          init_args: {pretrained: /ckpt/self_forcing_ode_init.safetensors, config: {...}, chunk_frames: 3}
+          init_args: {pretrained: /ckpt/self_forcing/ode_init.pt, checkpoint_key: generator, chunk_frames: 3}
     """
 
     def __init__(
@@ -38,13 +46,18 @@ class CausalWanDenoiser(nn.Module):
         pretrained: str | None = None,
         config: dict[str, Any] | None = None,
         subfolder: str | None = None,
+        checkpoint_key: str = "auto",
+        key_prefix: str | None = None,
+        torch_dtype: str | None = None,
+        keep_fp32_modules: bool = True,
         chunk_frames: int = 3,
         local_window_frames: int | None = None,
         sink_frames: int = 0,
         gradient_checkpointing: bool = False,
     ) -> None:
         super().__init__()
-        transformer = build_wan_transformer(pretrained, config, subfolder)
+        transformer = build_wan_transformer(pretrained, config, subfolder, key_prefix, checkpoint_key, torch_dtype,
+                                            keep_fp32_modules)
         if gradient_checkpointing:
             transformer.enable_gradient_checkpointing()
         self.causal = CausalWanStudent(transformer, chunk_frames, local_window_frames, sink_frames)

@@ -1,9 +1,10 @@
 """Bidirectional Wan denoisers (teacher, critic) and the one loader every Wan model goes through.
 
-One code path, chosen by config (issue "Models"): ``pretrained`` is a local diffusers folder
-(``config.json`` + weights) or a state-dict file (``.safetensors``, ``.pt``, ``.bin``; then
-``config`` gives the architecture); with ``pretrained`` unset, ``config`` builds a random
-model (tiny configs in tests and the toy world). Nothing is fetched from a hub.
+One code path, chosen by config (issue "Models", issue 11 "Loading what users hold"): ``pretrained`` is a local
+diffusers folder, the original ``Wan-AI/Wan2.1-T2V-*`` folder, or one checkpoint file (``.safetensors``, ``.pt``,
+``.pth``, ``.bin``) in diffusers or original Wan keys, flat or nested (Self-Forcing's ``{"generator": ...,
+"generator_ema": ...}``); the layout is read off the keys (:mod:`streamr1.models.wan_weights`). With ``pretrained``
+unset, ``config`` builds a random model (tiny configs in tests and the toy world). Nothing is fetched from a hub.
 """
 
 from __future__ import annotations
@@ -17,84 +18,77 @@ from torch import Tensor, nn
 
 from streamr1.assets import resolve
 from streamr1.flow import flow_to_x0
-
-
-def load_state_dict_file(path: str) -> dict[str, Tensor]:
-    """Read a ``.safetensors`` or torch state-dict file onto the CPU."""
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-
-        return load_file(path, device="cpu")
-    sd = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
-        sd = sd["state_dict"]
-    return sd
+from streamr1.models.wan_weights import CHECKPOINT_KEYS, load_wan_transformer, parse_dtype, target_dtype
 
 
 def build_wan_transformer(
     pretrained: str | None = None,
     config: dict[str, Any] | None = None,
     subfolder: str | None = None,
-    key_prefix: str = "",
+    key_prefix: str | None = None,
+    checkpoint_key: str = "auto",
+    torch_dtype: str | torch.dtype | None = None,
+    keep_fp32_modules: bool = True,
 ) -> WanTransformer3DModel:
-    """Build a ``WanTransformer3DModel`` from a local folder, a state-dict file, or a config dict.
+    """Build a ``WanTransformer3DModel`` from a local folder, a checkpoint file, or a config dict.
 
     Args:
-        pretrained: local diffusers folder, or a state-dict file (needs ``config``). ``None``: random init.
-        config: ``WanTransformer3DModel`` constructor arguments (overrides the folder's config keys when both
-            are given is not supported: pass one or the other for folders).
+        pretrained: a diffusers folder, an original Wan folder, or a checkpoint file in diffusers or original Wan
+            keys (:mod:`streamr1.models.wan_weights`). ``None``: random init from ``config``.
+        config: ``WanTransformer3DModel`` constructor arguments. With a checkpoint file it is optional (read off the
+            weights when unset, heads of 128) and checked against the weights' shapes before anything is loaded.
         subfolder: subfolder of ``pretrained`` that holds the transformer (``"transformer"`` in a Wan pipeline).
-        key_prefix: prefix to strip from state-dict keys (e.g. ``"model."`` in other repositories' checkpoints).
+        key_prefix: prefix to strip from state-dict keys; ``None`` finds it (``model.`` in Self-Forcing files).
+        checkpoint_key: where the state dict sits in a torch file: ``auto`` (``generator_ema``, else ``generator``,
+            else ``state_dict``, else flat), ``generator_ema``, ``generator``, ``state_dict``, ``none`` (flat).
+        torch_dtype: parameter dtype (``bfloat16`` for a frozen teacher); float32 when unset. Loaded without a
+            float32 copy (meta-device model, tensors cast one at a time).
+        keep_fp32_modules: keep diffusers' ``_keep_in_fp32_modules`` (time embedder, norms, modulation) in float32
+            as ``from_pretrained`` does. Set ``False`` for a *trainable* bf16 model under FSDP2, which wants one
+            dtype per group of trainable parameters.
 
     Raises:
         FileNotFoundError: ``pretrained`` does not exist.
-        ValueError: neither argument given, or the state dict does not match the config.
+        ValueError: neither argument given, an unknown key layout, or weights that do not fit ``config``.
     """
+    dtype = parse_dtype(torch_dtype)
+    if checkpoint_key not in CHECKPOINT_KEYS:
+        raise ValueError(f"checkpoint_key={checkpoint_key!r} is not one of {CHECKPOINT_KEYS}.")
     if pretrained is None:
         if config is None:
             raise ValueError(
                 "A Wan model needs `pretrained` (a local folder or file) or `config` (a dict); got neither."
             )
-        return WanTransformer3DModel(**config)
+        model = WanTransformer3DModel(**config)
+        if dtype is not None:
+            keep = tuple(model._keep_in_fp32_modules or ()) if keep_fp32_modules else ()
+            for name, p in model.named_parameters():
+                p.data = p.data.to(target_dtype(name, p, dtype, keep))
+        return model
     path = os.path.expanduser(resolve(pretrained))  # pkg://<package>/<file>: a file shipped in a package
     if not os.path.exists(path):
         raise FileNotFoundError(
-            f"Wan weights not found at {pretrained!r}. Point `pretrained` at a local diffusers folder or a "
-            "state-dict file (weights cannot be downloaded at run time), or remove it and give `config` to "
-            "build a randomly initialised model."
+            f"Wan weights not found at {pretrained!r}. Point `pretrained` at a local diffusers folder, an original "
+            "Wan folder or a checkpoint file (weights cannot be downloaded at run time), or remove it and give "
+            "`config` to build a randomly initialised model."
         )
-    if os.path.isdir(path):
-        return WanTransformer3DModel.from_pretrained(path, subfolder=subfolder, local_files_only=True)
-    if config is None:
-        raise ValueError(f"{pretrained!r} is a state-dict file: also give `config` (the architecture) to load it.")
-    model = WanTransformer3DModel(**config)
-    sd = load_state_dict_file(path)
-    if key_prefix:
-        sd = {k[len(key_prefix):]: v for k, v in sd.items() if k.startswith(key_prefix)}
-    missing, unexpected = model.load_state_dict(sd, strict=False)
-    if missing or unexpected:
-        raise ValueError(
-            f"{pretrained!r} does not match the given `config`: {len(missing)} missing keys (e.g. {missing[:3]}), "
-            f"{len(unexpected)} unexpected keys (e.g. {unexpected[:3]}). Check the architecture in `config` or "
-            "set `key_prefix` if the keys carry a prefix."
-        )
-    return model
+    return load_wan_transformer(path, config, subfolder, checkpoint_key, key_prefix, dtype, keep_fp32_modules)
 
 
 def wan_flow(transformer: WanTransformer3DModel, x_t: Tensor, t: Tensor, cond: Tensor) -> Tensor:
     """Run a Wan transformer on ``[B, F, C, H, W]`` latents; returns the flow in the same layout.
 
-    ``t`` is ``[B]`` or per-frame ``[B, F]`` (expanded to per-token timesteps).
+    ``t`` is ``[B]`` or per-frame ``[B, F]`` (expanded to per-token timesteps). It reaches the transformer in
+    float32 whatever the model's dtype (bf16 would round 937.5 to 936 while ``x0 = x_t - s v`` used 937.5);
+    diffusers' time embedding takes a float32 ``t`` (sinusoidal projection in float32, then the embedder's dtype).
     """
     b, f, _, h, w = x_t.shape
     dtype = transformer.dtype
+    t = t.to(torch.float32)
     if t.ndim == 2:
         p_t, p_h, p_w = transformer.config.patch_size
         t = t[:, :: p_t].repeat_interleave((h // p_h) * (w // p_w), dim=1)
-    out = transformer(
-        x_t.permute(0, 2, 1, 3, 4).to(dtype), t.to(dtype if dtype != torch.float16 else torch.float32),
-        cond.to(dtype), return_dict=False,
-    )[0]
+    out = transformer(x_t.permute(0, 2, 1, 3, 4).to(dtype), t, cond.to(dtype), return_dict=False)[0]
     return out.permute(0, 2, 1, 3, 4).to(x_t.dtype)
 
 
@@ -102,16 +96,23 @@ class WanDenoiser(nn.Module):
     """A bidirectional Wan model as an x0 predictor (teacher, critic; SPEC §1).
 
     Args:
-        pretrained: local diffusers folder or state-dict file; ``None`` builds from ``config``.
-        config: ``WanTransformer3DModel`` arguments (tiny random models in tests and the toy world).
+        pretrained: a diffusers folder, an original Wan folder or a checkpoint file (any layout of
+            :func:`build_wan_transformer`); ``None`` builds from ``config``.
+        config: ``WanTransformer3DModel`` arguments (random models; optional and checked with a checkpoint file).
         subfolder: subfolder of ``pretrained`` holding the transformer.
+        checkpoint_key: where the state dict sits in a torch file (``auto``, ``generator_ema``, ``generator``,
+            ``state_dict``, ``none``).
+        key_prefix: prefix to strip from checkpoint keys; unset finds it.
+        torch_dtype: parameter dtype, e.g. ``bfloat16`` for the frozen teacher (loaded without a float32 copy);
+            float32 when unset.
+        keep_fp32_modules: keep diffusers' float32 modules (time embedder, norms) in float32.
         gradient_checkpointing: recompute each block in backward (saves activation memory, costs ~30% time).
 
     Example::
 
         teacher:
           class_path: streamr1.models.WanDenoiser
-          init_args: {pretrained: /ckpt/Wan2.1-T2V-14B-Diffusers, subfolder: transformer}
+          init_args: {pretrained: /ckpt/Wan2.1-T2V-14B-Diffusers, subfolder: transformer, torch_dtype: bfloat16}
     """
 
     def __init__(
@@ -119,10 +120,15 @@ class WanDenoiser(nn.Module):
         pretrained: str | None = None,
         config: dict[str, Any] | None = None,
         subfolder: str | None = None,
+        checkpoint_key: str = "auto",
+        key_prefix: str | None = None,
+        torch_dtype: str | None = None,
+        keep_fp32_modules: bool = True,
         gradient_checkpointing: bool = False,
     ) -> None:
         super().__init__()
-        self.transformer = build_wan_transformer(pretrained, config, subfolder)
+        self.transformer = build_wan_transformer(pretrained, config, subfolder, key_prefix, checkpoint_key,
+                                                 torch_dtype, keep_fp32_modules)
         if gradient_checkpointing:
             self.transformer.enable_gradient_checkpointing()
 
