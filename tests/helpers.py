@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from lightning.pytorch.callbacks import Callback
 
+from streamr1.args import DMDArgs, MemoryArgs, SamplingArgs
 from streamr1.models import CausalWanDenoiser, HashTextEncoder, IdentityVAE, WanDenoiser
 from streamr1.module import DMDModule
 
@@ -15,8 +17,23 @@ WAN_TINY: dict[str, Any] = {
 }
 
 
+_GROUPS = {"sampling": SamplingArgs, "dmd": DMDArgs, "memory": MemoryArgs}
+
+
+def grouped(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Flat test keywords (``student_every=2``) -> DMDModule's argument groups (``dmd=DMDArgs(student_every=2)``)."""
+    out = dict(kwargs)
+    for group, cls in _GROUPS.items():
+        names = {f.name for f in dataclasses.fields(cls)}
+        values = {k: out.pop(k) for k in list(out) if k in names}
+        if values:
+            out[group] = dataclasses.replace(out.get(group, cls()), **values)
+    return out
+
+
 def tiny_module(frames: int = 4, chunk: int = 2, size: int = 8, **kwargs: Any) -> DMDModule:
     kwargs.setdefault("student_every", 5)
+    kwargs = grouped(kwargs)
     return DMDModule(
         student=CausalWanDenoiser(config=WAN_TINY, chunk_frames=chunk),
         teacher=WanDenoiser(config=WAN_TINY),

@@ -115,7 +115,7 @@ def test_resume_gives_the_same_losses_and_weights_as_the_uninterrupted_run(tmp_p
 def test_resume_without_the_rng_state_would_draw_other_noise(tmp_path, deterministic, monkeypatch):
     """Control for the test above: the saved RNG streams are what makes the resumed losses equal."""
     _, full_rec, _, _ = _run(tmp_path / "full", save=True)
-    monkeypatch.setattr(module_lib, "_set_rng_state", lambda state: None)
+    monkeypatch.setattr(module_lib, "set_rng_state", lambda state: None)
     _, res_rec, _, _ = _run(tmp_path / "resumed", ckpt_path=_ckpt(tmp_path / "full"))
     expected = [e for e in full_rec.losses if e[1] >= 3]
     assert [e[:2] for e in res_rec.losses] == [e[:2] for e in expected]

@@ -27,19 +27,19 @@ def calibrate(trainer: Trainer, module: DMDModule, datamodule: LightningDataModu
               video_dir: str | None = None, num_samples: int = 64, batch_size: int = 4) -> dict[str, Any]:
     """Score ``num_samples`` student rollouts (or every video in ``video_dir``) and write the per-axis stats.
 
-    The reward model is the one of the :class:`~streamr1.rewards.service.RewardService` in the trainer's callbacks.
+    Scored through the trainer's :class:`~streamr1.rewards.service.RewardService` (its ``reward_inputs`` apply, as in
+    training).
     """
-    from streamr1.rewards.normalization import calibrate_from_rollouts, calibrate_from_videos
+    from streamr1.rewards.calibration import calibrate_from_rollouts, calibrate_from_videos
     from streamr1.rewards.service import find_reward_service
 
     service = find_reward_service(trainer)
     service.prepare(module.device)
-    reward = service.model
     if video_dir is not None:
         from streamr1.data.videos import VideoFolderDataset
 
         ds = VideoFolderDataset(video_dir)
-        stats = calibrate_from_videos(reward, ((item["video"], item["prompt"]) for item in ds), batch_size=batch_size)
+        stats = calibrate_from_videos(service, ((item["video"], item["prompt"]) for item in ds), batch_size=batch_size)
     else:
         if datamodule is None:
             raise ValueError("calibrate from rollouts needs prompts: give a `data:` section (or --video_dir).")
@@ -52,6 +52,6 @@ def calibrate(trainer: Trainer, module: DMDModule, datamodule: LightningDataModu
         def generate(batch_prompts: list[str]) -> torch.Tensor:
             return module.decode(module.sample(batch_prompts)).clamp(-1, 1)
 
-        stats = calibrate_from_rollouts(reward, generate, prompts, batch_size=batch_size)
+        stats = calibrate_from_rollouts(service, generate, prompts, batch_size=batch_size)
     _atomic_json(output, stats)
     return stats

@@ -32,6 +32,15 @@ def warped_steps(steps: Sequence[float], shift: float) -> list[float]:
     return [float(v) for v in shift_timesteps(torch.tensor(list(steps), dtype=torch.float64), shift)]
 
 
+def promote(x: Tensor) -> Tensor:
+    """``x`` in at least float32: bf16/fp16 (and integer) tensors become float32, float64 stays float64.
+
+    Every formula of SPEC.md computes through this, so a float64 check of the spec is exact to float64 precision
+    and a bf16 run never forms a loss, a weight or a DMD target in bf16 (promote, never demote).
+    """
+    return x if x.dtype == torch.float64 else x.float()
+
+
 def _expand(s: Tensor, like: Tensor) -> Tensor:
     """Broadcast ``[B]`` or ``[B, F]`` sigmas over ``[B, F, C, H, W]``."""
     s = s.to(device=like.device, dtype=like.dtype)
@@ -46,19 +55,22 @@ def sigma(t: Tensor) -> Tensor:
 
 
 def add_noise(x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
-    """``x_t = (1 - s) x0 + s eps`` (SPEC §1)."""
-    s = _expand(sigma(t), x0)
-    return (1 - s) * x0 + s * noise
+    """``x_t = (1 - s) x0 + s eps`` (SPEC §1), in at least float32 (exact ``s``), returned in ``x0``'s dtype."""
+    x0_, noise_ = promote(x0), promote(noise)
+    s = _expand(sigma(promote(t)), x0_)
+    return ((1 - s) * x0_ + s * noise_).to(x0.dtype)
 
 
 def flow_to_x0(x_t: Tensor, flow: Tensor, t: Tensor) -> Tensor:
-    """``x0 = x_t - s v`` (SPEC §1)."""
-    return x_t - _expand(sigma(t), x_t) * flow
+    """``x0 = x_t - s v`` (SPEC §1), computed in at least float32 (exact ``s``), returned in ``x_t``'s dtype."""
+    x_t_ = promote(x_t)
+    return (x_t_ - _expand(sigma(promote(t)), x_t_) * promote(flow)).to(x_t.dtype)
 
 
 def x0_to_flow(x_t: Tensor, x0: Tensor, t: Tensor, min_sigma: float = 1e-4) -> Tensor:
-    """``v = (x_t - x0) / s``, the inverse of :func:`flow_to_x0` (``s`` clamped away from 0)."""
-    return (x_t - x0) / _expand(sigma(t), x_t).clamp_min(min_sigma)
+    """``v = (x_t - x0) / s``, the inverse of :func:`flow_to_x0` (``s`` clamped away from 0), in ``x_t``'s dtype."""
+    x_t_ = promote(x_t)
+    return ((x_t_ - promote(x0)) / _expand(sigma(promote(t)), x_t_).clamp_min(min_sigma)).to(x_t.dtype)
 
 
 def sample_dmd_timestep(

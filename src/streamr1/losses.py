@@ -10,12 +10,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from streamr1.flow import _expand, sigma
+from streamr1.flow import _expand, promote, sigma
 
 
 def cfg_x0(x0_cond: Tensor, x0_uncond: Tensor, guidance_scale: float) -> Tensor:
-    """Classifier-free guidance in x0 space: ``x0_c + g_s (x0_c - x0_neg)`` (SPEC §3.2)."""
-    return x0_cond + guidance_scale * (x0_cond - x0_uncond)
+    """Classifier-free guidance in x0 space: ``x0_c + g_s (x0_c - x0_neg)`` (SPEC §3.2), in at least float32."""
+    x0_cond = promote(x0_cond)
+    return x0_cond + guidance_scale * (x0_cond - promote(x0_uncond))
 
 
 @torch.no_grad()
@@ -28,9 +29,9 @@ def dmd_gradient(x: Tensor, x0_fake: Tensor, x0_real: Tensor, eps: float = 1e-12
         x0_real: ``[B, F, C, H, W]`` the guided teacher's x0 prediction at ``x_t``.
 
     Returns:
-        ``[B, F, C, H, W]`` ``g``, NaN/inf replaced by 0, detached.
+        ``[B, F, C, H, W]`` ``g`` in at least float32, NaN/inf replaced by 0, detached.
     """
-    x, x0_fake, x0_real = x.detach().float(), x0_fake.detach().float(), x0_real.detach().float()
+    x, x0_fake, x0_real = promote(x.detach()), promote(x0_fake.detach()), promote(x0_real.detach())
     normalizer = (x - x0_real).abs().flatten(1).mean(dim=1).clamp_min(eps)
     g = (x0_fake - x0_real) / _expand(normalizer, x)
     return torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0)
@@ -54,8 +55,12 @@ def dmd_loss(
     Returns:
         A scalar. With both weights ``None`` this is exactly plain DMD: ``0.5 * mean(g^2)`` in value.
     """
-    target = (x - g.to(x.dtype)).detach()
-    sq = (x.float() - target.float()) ** 2
+    # The target x - g is formed in at least float32 whatever the rollout's dtype (a bf16 target would round g away:
+    # dL/dx would be off by 0.4-2% RMS from g / N); x is promoted inside the graph, so its gradient flows back in x's
+    # own dtype.
+    xf = promote(x)
+    target = (xf - promote(g).to(xf.dtype)).detach()
+    sq = (xf - target) ** 2
     if element_weight is not None:
         sq = sq * element_weight.detach().to(sq.dtype)
     per_sample = sq.flatten(1).mean(dim=1)
@@ -76,5 +81,6 @@ def critic_flow_loss(x_t: Tensor, x0_pred: Tensor, x: Tensor, noise: Tensor, t: 
         noise: ``[B, F, C, H, W]`` the noise used.
         t: ``[B]`` timesteps (0..1000; the DMD range keeps ``s >= 0.02``).
     """
-    v_hat = (x_t - x0_pred) / _expand(sigma(t), x_t)
-    return ((v_hat.float() - (noise - x).float()) ** 2).mean()
+    x_t_ = promote(x_t)
+    v_hat = (x_t_ - promote(x0_pred)) / _expand(sigma(promote(t)), x_t_)
+    return ((v_hat - (promote(noise) - promote(x))) ** 2).mean()

@@ -3,7 +3,7 @@
 A causal student rolls out a video chunk by chunk (self-forcing), a frozen teacher with
 classifier-free guidance and a trained critic give the DMD gradient, and the student and the
 critic take turns under manual optimization. The module knows nothing about rewards: on a
-student turn it builds a :class:`~streamr1.callbacks.base.RolloutContext` and lets every
+student turn it builds a :class:`~streamr1.context.RolloutContext` and lets every
 loss-weighting callback in ``trainer.callbacks`` (in list order) set ``W_inter`` / ``W_intra``.
 With none, the loss is plain DMD (Self-Forcing), exactly.
 
@@ -13,25 +13,29 @@ optimizer cycles with ``student_every=5`` takes 10 critic steps and 2 student st
 ``global_step`` is 12. ``Trainer(max_steps=N)`` therefore bounds critic + student steps. The
 module keeps explicit ``critic_steps`` and ``student_steps`` counters; schedules (EMA start,
 heat-map period) use ``student_steps``.
+
+This file is the algorithm; FSDP2 sharding, parameter offload and per-rank RNG states live in
+:mod:`streamr1.distributed`, the grouped arguments in :mod:`streamr1.args`.
 """
 
 from __future__ import annotations
 
-import random
 import time
 import warnings
 from collections.abc import Sequence
 from typing import Any
 
 import lightning.pytorch as pl
-import numpy as np
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
-from streamr1.callbacks.base import RolloutContext, weighting_callbacks
+from streamr1.args import DMDArgs, MemoryArgs, SamplingArgs, as_dict, coerce
+from streamr1.context import RolloutContext, weighting_callbacks
+from streamr1.distributed import gather_rng_states, move_parameters, set_rng_state, shard_models
 from streamr1.flow import add_noise, sample_dmd_timestep, warped_steps
 from streamr1.losses import cfg_x0, critic_flow_loss, dmd_gradient, dmd_loss
+from streamr1.protocols import VAE, CausalStudent, Denoiser, TextEncoder
 from streamr1.rollout import generate, self_forcing_rollout
 
 FROZEN_PREFIXES = ("teacher.", "text_encoder.", "vae.", "evaluator.")
@@ -54,124 +58,33 @@ def _ignore_missing_frozen_keys(module: nn.Module, incompatible_keys: Any) -> No
     missing[:] = [k for k in missing if not k.startswith(FROZEN_PREFIXES)]
 
 
-def _move_parameters(module: nn.Module, device: torch.device) -> None:
-    """Move ``module``'s parameters (not its buffers) to ``device`` in place, keeping the Parameter objects.
-
-    Buffers stay where they are: they are small (Wan's rotary tables) and DDP broadcasts them every forward, which
-    NCCL cannot do from host memory.
-    """
-    for p in module.parameters():
-        if p.device != device:
-            p.data = p.data.to(device)
-
-
-def _collect_rng_state() -> dict[str, Any]:
-    """This process' global RNG states (torch CPU and CUDA, numpy, python) in a ``weights_only``-loadable form."""
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    state: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "numpy": (str(kind), torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)),
-        "python": random.getstate(),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["torch.cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    """Inverse of :func:`_collect_rng_state`."""
-    torch.set_rng_state(state["torch"])
-    kind, keys, pos, has_gauss, gauss = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
-    py = state["python"]
-    random.setstate((py[0], tuple(py[1]), py[2]))
-    if "torch.cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["torch.cuda"])
-
-
-def _broadcast_from_first(model: nn.Module, mesh: Any) -> None:
-    """Give every rank of ``mesh`` the parameters and buffers of its first rank (before sharding them).
-
-    ``fully_shard`` keeps each rank's own slice of its own copy, so ranks whose copies differ (a random init under
-    per-rank seeds) would otherwise train a patchwork of several models. DDP does the same broadcast when it wraps
-    a model. One tensor at a time through the mesh's device (NCCL cannot send host memory): a single extra copy of
-    the largest tensor, and a model-sized broadcast once per fit.
-    """
-    import torch.distributed as dist
-
-    group = mesh.get_group()
-    src = dist.get_global_rank(group, 0)
-    device = torch.device(mesh.device_type, torch.cuda.current_device()) if mesh.device_type == "cuda" \
-        else torch.device(mesh.device_type)
-    with torch.no_grad():
-        for t in [*model.parameters(), *model.buffers()]:
-            if t.device.type == "meta":
-                continue
-            buf = t.detach().to(device)
-            dist.broadcast(buf, src=src, group=group)
-            t.copy_(buf)
-
-
-def _fsdp_shard(model: nn.Module, mesh: Any, offload: bool = False) -> None:
-    """``fully_shard`` each transformer block of ``model``, then its transformer (idempotent).
-
-    ``model`` is a denoiser with a ``transformer`` (Wan) or any module; one without parameters (the toy teacher) is
-    left alone. The transformer is the FSDP root: every call (``forward``, the student's ``chunk_x0``) goes through
-    its ``forward``, so FSDP's hooks run; wrappers around it must own no parameters. The root reshards after every
-    forward too (FSDP2 keeps a root's parameters gathered until backward by default, and the teacher has none).
-    """
-    from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, OffloadPolicy, fully_shard
-
-    root = getattr(model, "transformer", model)
-    if isinstance(root, FSDPModule) or not any(True for _ in model.parameters()):
-        return
-    inside = {id(p) for p in root.parameters()}
-    outside = [n for n, p in model.named_parameters() if id(p) not in inside]
-    if outside:
-        raise ValueError(f"Cannot shard {type(model).__name__}: parameters outside its transformer ({outside[:3]}).")
-    _broadcast_from_first(model, mesh)
-    policy = CPUOffloadPolicy() if offload else OffloadPolicy()
-    for block in getattr(root, "blocks", []):
-        fully_shard(block, mesh=mesh, reshard_after_forward=True, offload_policy=policy)
-    fully_shard(root, mesh=mesh, reshard_after_forward=True, offload_policy=policy)
-
-
 class DMDModule(pl.LightningModule):
     """DMD distillation of a causal streaming student (Self-Forcing / Reward Forcing / Stream-R1).
 
     Args:
-        student: the causal student (``streamr1.models.CausalWanDenoiser``: ``new_cache``, ``chunk_x0``,
-            ``chunk_frames``).
-        teacher: frozen x0 predictor ``(x_t, t, cond) -> x0`` (a ``WanDenoiser`` or the toy ``MixtureTeacher``).
-        critic: trained bidirectional x0 predictor (the "fake score"); a ``WanDenoiser``.
-        text_encoder: ``encode(prompts) -> [B, L, D]``; frozen.
-        vae: ``encode``/``decode`` between pixels and latents; frozen. Decode must be differentiable (saliency).
+        student: the causal student (:class:`~streamr1.protocols.CausalStudent`, e.g.
+            ``streamr1.models.CausalWanDenoiser``).
+        teacher: frozen x0 predictor (:class:`~streamr1.protocols.Denoiser`: a ``WanDenoiser`` or the toy
+            ``MixtureTeacher``).
+        critic: trained bidirectional x0 predictor, the "fake score" (a :class:`~streamr1.protocols.Denoiser`
+            ``nn.Module``, e.g. ``WanDenoiser``).
+        text_encoder: ``encode(prompts) -> [B, L, D]`` (:class:`~streamr1.protocols.TextEncoder`); frozen.
+        vae: ``encode``/``decode`` between pixels and latents (:class:`~streamr1.protocols.VAE`); frozen. Decode must
+            be differentiable (saliency).
         latent_shape: ``[F, C, H, W]`` of the generated latent video (F a multiple of the student's chunk size).
-        denoising_steps: the student's few-step list before the shift (SPEC §2).
-        shift: timestep shift factor ``k`` (5 for Wan).
-        guidance_scale: teacher classifier-free guidance ``g_s`` (SPEC §3.2).
-        negative_prompt: text of the unconditional branch of the guidance.
-        min_timestep: DMD timestep range lower clamp (SPEC §3.1).
-        max_timestep: DMD timestep range upper clamp.
-        student_every: the student takes an optimizer step every this many optimizer cycles; the critic every one.
-        accumulate: micro-batches per optimizer cycle (gradient accumulation; the Trainer's own flag is refused
-            under manual optimization). Effective batch = micro-batch x devices x accumulate.
+        sampling: how the student generates: few-step list and shift (:class:`~streamr1.args.SamplingArgs`).
+        dmd: the DMD objective and turn schedule: guidance, timestep range, student_every, accumulation, clipping,
+            critic initialisation (:class:`~streamr1.args.DMDArgs`).
         student_optimizer: optimizer for the student (default AdamW lr 2e-6, betas (0, 0.999), weight decay 0.01).
         critic_optimizer: optimizer for the critic (default AdamW lr 4e-7, betas (0, 0.999), weight decay 0.01).
         student_scheduler: optional LR scheduler, stepped once per student optimizer step.
         critic_scheduler: optional LR scheduler, stepped once per critic optimizer step.
-        grad_clip: max global grad norm for each optimizer (SPEC §3.6: 10); 0 disables.
-        critic_init_from_student: copy the student's weights into the critic at the start of fit when their
-            architectures match (as DMD2 initialises the fake score from the real one).
+        memory: where weights live (:class:`~streamr1.args.MemoryArgs`: teacher offload).
         evaluator: optional metric over generated videos (a torchmetrics ``Metric``/``MetricCollection`` with
             ``update(video [B, T, 3, H, W] in [-1, 1], prompts)`` and ``compute() -> dict``), logged as ``val/...``;
             e.g. the toy world's oracle metrics. Never used in training.
         log_val_videos: validation samples logged as animated GIFs to TensorBoard (first batch; 0 = none).
         seed: seed of the module's control-flow generator (exit steps), broadcast from rank 0.
-        offload_teacher: keep the teacher's parameters on the CPU and move them to the compute device only inside
-            :meth:`teacher_x0` (saves the teacher's whole size of accelerator memory between uses, e.g. 28 GB for a
-            bf16 14B teacher, at the cost of two host-device copies per student turn). With
-            ``ModelParallelStrategy`` the sharded teacher is offloaded by FSDP2 instead (``CPUOffloadPolicy``).
 
     Distributed: under Lightning's ``ModelParallelStrategy`` (FSDP2), :meth:`configure_model` shards student, critic
     and teacher with ``fully_shard`` per transformer block, then the transformer. Frozen submodules (teacher, text
@@ -184,30 +97,22 @@ class DMDModule(pl.LightningModule):
 
     def __init__(
         self,
-        student: nn.Module,
-        teacher: nn.Module,
-        critic: nn.Module,
-        text_encoder: nn.Module,
-        vae: nn.Module,
+        student: CausalStudent,
+        teacher: Denoiser,
+        critic: Denoiser,
+        text_encoder: TextEncoder,
+        vae: VAE,
         latent_shape: Sequence[int] = (21, 16, 60, 104),
-        denoising_steps: Sequence[float] = (1000, 750, 500, 250),
-        shift: float = 5.0,
-        guidance_scale: float = 3.0,
-        negative_prompt: str = "",
-        min_timestep: float = 20.0,
-        max_timestep: float = 980.0,
-        student_every: int = 5,
-        accumulate: int = 1,
+        sampling: SamplingArgs = SamplingArgs(),
+        dmd: DMDArgs = DMDArgs(),
         student_optimizer: OptimizerCallable | None = None,
         critic_optimizer: OptimizerCallable | None = None,
         student_scheduler: LRSchedulerCallable | None = None,
         critic_scheduler: LRSchedulerCallable | None = None,
-        grad_clip: float = 10.0,
-        critic_init_from_student: bool = False,
+        memory: MemoryArgs = MemoryArgs(),
         evaluator: nn.Module | None = None,
         log_val_videos: int = 4,
         seed: int = 0,
-        offload_teacher: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=[
@@ -215,6 +120,12 @@ class DMDModule(pl.LightningModule):
             "student_optimizer", "critic_optimizer", "student_scheduler", "critic_scheduler", "evaluator",
         ])
         self.automatic_optimization = False
+        # The groups as dataclasses here, as plain dicts in hparams (a dataclass in a checkpoint would make it
+        # unloadable with weights_only=True; DMDModule(**hparams) coerces them back).
+        self.sampling, self.dmd, self.memory = coerce(SamplingArgs, sampling), coerce(DMDArgs, dmd), \
+            coerce(MemoryArgs, memory)
+        for name in ("sampling", "dmd", "memory"):
+            self._hparams[name] = self._hparams_initial[name] = as_dict(getattr(self, name))
         self.student, self.teacher, self.critic = student, teacher, critic
         self.text_encoder, self.vae = text_encoder, vae
         self.evaluator = evaluator
@@ -222,7 +133,7 @@ class DMDModule(pl.LightningModule):
             frozen.requires_grad_(False)
             frozen.eval()
         self.latent_shape = tuple(int(v) for v in latent_shape)
-        self.steps = warped_steps(denoising_steps, shift)
+        self.steps = warped_steps(self.sampling.denoising_steps, self.sampling.shift)
         self._student_opt_fn, self._critic_opt_fn = student_optimizer, critic_optimizer
         self._student_sched_fn, self._critic_sched_fn = student_scheduler, critic_scheduler
         # Explicit step counters: Lightning's global_step counts both optimizers (see module docstring).
@@ -246,9 +157,12 @@ class DMDModule(pl.LightningModule):
     def _check_compatible(self) -> None:
         """Fail before training on models that cannot work together, naming the mismatch and the fix."""
         f, c, h, w = self.latent_shape
-        chunk = _attr(self.student, "chunk_frames")
-        if chunk is None or not callable(_attr(self.student, "chunk_x0")):
-            raise ValueError("`student` must be a causal chunk-wise model (e.g. streamr1.models.CausalWanDenoiser).")
+        if not isinstance(self.student, CausalStudent) or not isinstance(self.student, nn.Module):
+            raise ValueError("`student` must be a causal chunk-wise nn.Module (streamr1.protocols.CausalStudent, e.g. "
+                             f"streamr1.models.CausalWanDenoiser), got {type(self.student).__name__}.")
+        if not isinstance(self.critic, nn.Module):
+            raise ValueError(f"`critic` must be a trainable nn.Module, got {type(self.critic).__name__}.")
+        chunk = self.student.chunk_frames
         if f % chunk != 0:
             raise ValueError(
                 f"latent_shape has {f} latent frames, not a multiple of the student's chunk_frames={chunk}: "
@@ -287,7 +201,7 @@ class DMDModule(pl.LightningModule):
 
     def negative_cond(self, batch: int) -> Tensor:
         if self._neg_cond is None or self._neg_cond.device != self.device:
-            self._neg_cond = self.encode_prompts([self.hparams.negative_prompt])
+            self._neg_cond = self.encode_prompts([self.dmd.negative_prompt])
         return self._neg_cond.expand(batch, *self._neg_cond.shape[1:])
 
     def decode(self, latents: Tensor) -> Tensor:
@@ -310,8 +224,8 @@ class DMDModule(pl.LightningModule):
         return self_forcing_rollout(self.student, self.sample_noise(cond.shape[0]), cond, self.steps, e, grad=grad)
 
     def _dmd_timestep(self, batch: int) -> Tensor:
-        hp = self.hparams
-        return sample_dmd_timestep(batch, hp.shift, hp.min_timestep, hp.max_timestep, device=self.device)
+        d = self.dmd
+        return sample_dmd_timestep(batch, self.sampling.shift, d.min_timestep, d.max_timestep, device=self.device)
 
     @torch.no_grad()
     def teacher_x0(self, x_t: Tensor, t: Tensor, cond: Tensor) -> Tensor:
@@ -319,17 +233,17 @@ class DMDModule(pl.LightningModule):
         b = x_t.shape[0]
         offload = self._offloads_teacher()
         if offload:
-            _move_parameters(self.teacher, x_t.device)
+            move_parameters(self.teacher, x_t.device)
         try:
             both = self.teacher(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([cond, self.negative_cond(b)]))
         finally:
             if offload:
-                _move_parameters(self.teacher, torch.device("cpu"))
-        return cfg_x0(both[:b], both[b:], self.hparams.guidance_scale)
+                move_parameters(self.teacher, torch.device("cpu"))
+        return cfg_x0(both[:b], both[b:], self.dmd.guidance_scale)
 
     def _offloads_teacher(self) -> bool:
         """Whether :meth:`teacher_x0` moves an unsharded teacher in and out (``offload_teacher``, not FSDP)."""
-        return bool(self.hparams.get("offload_teacher", False)) and self._device_mesh is None
+        return self.memory.offload_teacher and self._device_mesh is None
 
     # ------------------------------------------------------------------ the two turns
     def student_loss(self, prompts: Sequence[str], cond: Tensor) -> tuple[Tensor, RolloutContext]:
@@ -361,57 +275,55 @@ class DMDModule(pl.LightningModule):
         return critic_flow_loss(x_t, self.critic(x_t, t, cond), x, noise, t)
 
     def is_student_cycle(self, cycle: int | None = None) -> bool:
-        cycle = self.micro_batches // self.hparams.accumulate if cycle is None else cycle
-        return cycle % self.hparams.student_every == 0
+        cycle = self.micro_batches // self.dmd.accumulate if cycle is None else cycle
+        return cycle % self.dmd.student_every == 0
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        hp = self.hparams
         prompts = batch["prompt"]
         cond = self.encode_prompts(prompts)
         opt_s, opt_c = self.optimizers()
         sched_s, sched_c = self._schedulers()
-        cycle_end = (self.micro_batches + 1) % hp.accumulate == 0
+        acc = self.dmd.accumulate
+        cycle_end = (self.micro_batches + 1) % acc == 0
         bs = len(prompts)
 
         if self.is_student_cycle():
             loss_s, ctx = self.student_loss(prompts, cond)
-            self.manual_backward(loss_s / hp.accumulate)
+            self.manual_backward(loss_s / acc)
             self._log_context(ctx, bs)
             self.log("train/student_loss", loss_s.detach(), prog_bar=True, batch_size=bs)
             if cycle_end:
-                norm = self._clip(opt_s)
-                opt_s.step()
-                opt_s.zero_grad(set_to_none=True)
-                if sched_s is not None:
-                    sched_s.step()
+                self.log("train/student_grad_norm", self.optimizer_step(opt_s, sched_s), batch_size=bs)
                 self.student_steps += 1
-                self.log("train/student_grad_norm", norm, batch_size=bs)
         # The critic never sees the student's gradients: the student's graph is freed above and the critic's
         # rollout runs without grad.
         loss_c = self.critic_loss(cond)
-        self.manual_backward(loss_c / hp.accumulate)
+        self.manual_backward(loss_c / acc)
         self.log("critic/loss", loss_c.detach(), prog_bar=True, batch_size=bs)
         if cycle_end:
-            norm = self._clip(opt_c)
-            opt_c.step()
-            opt_c.zero_grad(set_to_none=True)
-            if sched_c is not None:
-                sched_c.step()
+            self.log("critic/grad_norm", self.optimizer_step(opt_c, sched_c), batch_size=bs)
             self.critic_steps += 1
-            self.log("critic/grad_norm", norm, batch_size=bs)
         self.micro_batches += 1
         self.log("train/student_steps", float(self.student_steps), prog_bar=True, batch_size=bs)
         self.log("train/critic_steps", float(self.critic_steps), batch_size=bs)
 
-    def _clip(self, opt: Any) -> Tensor:
-        """Clip by the global norm (``clip_gradients`` is strategy-aware: FSDP2 gets the true global norm)."""
+    def optimizer_step(self, opt: Any, scheduler: Any = None) -> Tensor:
+        """One optimizer step of either turn: clip by the global norm, step, zero the grads, step the scheduler.
+
+        Returns the global grad norm before clipping (``clip_grad_norm_`` works on FSDP2's DTensors and gives the true
+        global norm). ``dmd.grad_clip = 0`` measures the norm without clipping.
+        """
         params = [p for group in opt.param_groups for p in group["params"] if p.grad is not None]
         if not params:
-            return torch.zeros((), device=self.device)
-        if self.hparams.grad_clip > 0:
-            norm = torch.nn.utils.clip_grad_norm_(params, self.hparams.grad_clip)
+            norm = torch.zeros((), device=self.device)
+        elif self.dmd.grad_clip > 0:
+            norm = torch.nn.utils.clip_grad_norm_(params, self.dmd.grad_clip)
         else:
             norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if scheduler is not None:
+            scheduler.step()
         return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
 
     def _schedulers(self) -> tuple[Any, Any]:
@@ -461,33 +373,20 @@ class DMDModule(pl.LightningModule):
         optimizer state and gets no gradient: it is frozen and not in any optimizer); with ``offload_teacher`` its
         shards live on the CPU (FSDP2 ``CPUOffloadPolicy``, GPU only).
         """
-        mesh = self._device_mesh
-        if mesh is None:
+        if self._device_mesh is None:
             return
-        names = mesh.mesh_dim_names or ()
-        if "tensor_parallel" in names and mesh["tensor_parallel"].size() > 1:
-            raise ValueError(
-                "streamr1 shards with FSDP2 only (no tensor parallelism), but the device mesh is "
-                f"{dict(zip(names, mesh.shape, strict=True))}: "
-                "set the strategy's `data_parallel_size` to the number of processes (nodes x devices) and "
-                "`tensor_parallel_size: 1` (see configs/fsdp.yaml)."
-            )
-        dp = mesh["data_parallel"] if "data_parallel" in names else mesh
-        offload = bool(self.hparams.get("offload_teacher", False)) and dp.device_type != "cpu"
-        _fsdp_shard(self.student, dp)
-        _fsdp_shard(self.critic, dp)
-        _fsdp_shard(self.teacher, dp, offload=offload)
+        shard_models(self._device_mesh, {"student": self.student, "critic": self.critic, "teacher": self.teacher},
+                     offload=frozenset({"teacher"}) if self.memory.offload_teacher else frozenset())
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         if self._pending_rng is not None:
-            _set_rng_state(self._pending_rng)
+            set_rng_state(self._pending_rng)
             self._pending_rng = None
 
     def on_fit_start(self) -> None:
-        hp = self.hparams
         if self._offloads_teacher():
-            _move_parameters(self.teacher, torch.device("cpu"))  # the strategy moved the whole module to the device
-        if hp.critic_init_from_student and self.student_steps == 0 and self.critic_steps == 0:
+            move_parameters(self.teacher, torch.device("cpu"))  # the strategy moved the whole module to the device
+        if self.dmd.critic_init_from_student and self.student_steps == 0 and self.critic_steps == 0:
             src = self.student.transformer.state_dict()
             dst = self.critic.transformer
             if {k: v.shape for k, v in src.items()} == {k: v.shape for k, v in dst.state_dict().items()}:
@@ -497,9 +396,9 @@ class DMDModule(pl.LightningModule):
         dm = self.trainer.datamodule
         micro = getattr(dm, "batch_size", None) if dm is not None else None
         if micro is not None and self.trainer.is_global_zero:
-            eff = micro * self.trainer.world_size * hp.accumulate
+            eff = micro * self.trainer.world_size * self.dmd.accumulate
             print(f"[streamr1] effective batch = {micro} (micro-batch) x {self.trainer.world_size} (devices) x "
-                  f"{hp.accumulate} (accumulation) = {eff}; student step every {hp.student_every} cycles")
+                  f"{self.dmd.accumulate} (accumulation) = {eff}; student step every {self.dmd.student_every} cycles")
             if self.logger is not None:
                 self.logger.log_hyperparams({"effective_batch": eff})
 
@@ -514,19 +413,8 @@ class DMDModule(pl.LightningModule):
             "control_rng": self._control_rng.get_state(),
             "latent_shape": list(self.latent_shape),
             # one entry per rank, in rank order: each rank resumes its own noise stream
-            "global_rng": self._gather_rng_states(),
+            "global_rng": gather_rng_states(self.trainer.world_size if self._trainer is not None else 1),
         }
-
-    def _gather_rng_states(self) -> list[dict[str, Any]]:
-        """Every rank's global RNG state (collective under a distributed run: all ranks call ``on_save_checkpoint``)."""
-        state = _collect_rng_state()
-        if self._trainer is None or self.trainer.world_size == 1:
-            return [state]
-        if not torch.distributed.is_available() or not torch.distributed.is_initialized():
-            return [state]
-        states: list[Any] = [None] * torch.distributed.get_world_size()
-        torch.distributed.all_gather_object(states, state)
-        return states
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("streamr1")

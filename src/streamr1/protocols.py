@@ -9,7 +9,7 @@ plugs in, including models from other packages. Shapes follow SPEC.md: latents a
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
@@ -20,18 +20,35 @@ AXES: tuple[str, ...] = ("VQ", "MQ", "TA")
 
 @runtime_checkable
 class Denoiser(Protocol):
-    """Predicts the clean sample ``x0`` from a noisy one (flow matching, SPEC.md §1).
+    """Predicts the clean sample ``x0`` from a noisy one (flow matching, SPEC.md §1): teacher and critic.
 
-    Args of ``__call__``:
+    Written as ``forward`` (what an ``nn.Module`` defines and ``__call__`` runs), so the CLI can check a configured
+    class against it. Args of ``forward``:
         x_t: ``[B, F, C, H, W]`` noisy latents.
-        t: ``[B]`` timesteps on the 0..1000 scale (already shifted).
+        t: ``[B]`` timesteps on the 0..1000 scale (already shifted), float32.
         cond: ``[B, L, D]`` text embeddings.
 
     Returns:
         ``[B, F, C, H, W]`` the predicted ``x0``.
     """
 
-    def __call__(self, x_t: Tensor, t: Tensor, cond: Tensor) -> Tensor: ...
+    def forward(self, x_t: Tensor, t: Tensor, cond: Tensor) -> Tensor: ...
+
+
+@runtime_checkable
+class CausalStudent(Denoiser, Protocol):
+    """The student: a :class:`Denoiser` that also generates chunk by chunk through a KV cache (SPEC.md §2).
+
+    ``chunk_frames`` latent frames a chunk; ``new_cache()`` an empty cache for one batch; ``chunk_x0(x_t [B, f, C, H,
+    W], t [B], cond, cache, write)`` the chunk's ``x0``, reading the cache and, with ``write``, appending the chunk's
+    keys and values. :class:`streamr1.models.CausalWanDenoiser` is the implementation.
+    """
+
+    chunk_frames: int
+
+    def new_cache(self) -> Any: ...
+
+    def chunk_x0(self, x_t: Tensor, t: Tensor, cond: Tensor, cache: Any, write: bool = False) -> Tensor: ...
 
 
 @runtime_checkable

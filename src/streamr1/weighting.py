@@ -27,6 +27,7 @@ from typing import Literal, get_args
 import torch
 from torch import Tensor
 
+from streamr1.flow import promote
 from streamr1.protocols import AXES
 
 RewardMode = Literal["MQ", "VQ", "TA", "Overall", "BalancedOverall"]
@@ -64,7 +65,7 @@ def final_reward(
         axes: the axes ``Overall`` averages (SPEC: VQ, MQ, TA).
 
     Returns:
-        ``[B]`` ``r_final``, float32, detached.
+        ``[B]`` ``r_final``, at least float32 (float64 stays float64), detached.
     """
     if mode not in REWARD_MODES:
         raise ValueError(f"Unknown reward mode {mode!r}; choose one of {REWARD_MODES}.")
@@ -73,11 +74,11 @@ def final_reward(
     if missing:
         raise KeyError(f"Reward mode {mode!r} needs axes {list(need)} but the reward gives only {list(normalized)}.")
     if mode in AXES:
-        return normalized[mode].detach().float()
-    overall = torch.stack([normalized[a].detach().float() for a in axes], dim=0).mean(dim=0)
+        return promote(normalized[mode].detach())
+    overall = torch.stack([promote(normalized[a].detach()) for a in axes], dim=0).mean(dim=0)
     if mode == "Overall":
         return overall
-    pen = penalty.detach().float().to(overall.device) if isinstance(penalty, Tensor) else float(penalty)
+    pen = promote(penalty.detach()).to(overall.device) if isinstance(penalty, Tensor) else float(penalty)
     return overall - lam * pen
 
 
@@ -103,16 +104,26 @@ def reliability_weight(
             ranks; the caller all-gathers it). ``None`` uses this batch's own mean (right on one process only).
 
     Returns:
-        ``[B]`` ``W_inter``, float32, detached.
+        ``[B]`` ``W_inter``, at least float32 (float64 stays float64), detached.
     """
-    w = torch.exp(beta * r_final.detach().float())
+    w = torch.exp(beta * promote(r_final.detach()))
     if clip is not None:
         lo, hi = (float(v) for v in clip)
         w = w.clamp(lo, hi)
     if self_normalize:
-        mean = w.mean() if global_mean is None else torch.as_tensor(global_mean, dtype=w.dtype, device=w.device)
-        w = w / mean.clamp_min(torch.finfo(w.dtype).tiny)
+        w = mean_normalize(w, global_mean)
     return w
+
+
+def mean_normalize(w: Tensor, mean: Tensor | float | None = None) -> Tensor:
+    """``w / mean`` so the weights average 1 (the self-normalisation option of SPEC §4.2).
+
+    Args:
+        w: ``[B]`` weights.
+        mean: the mean to divide by, e.g. over the GLOBAL batch (all ranks); ``None``: ``w.mean()``.
+    """
+    mean = w.mean() if mean is None else torch.as_tensor(mean, dtype=w.dtype, device=w.device)
+    return w / mean.clamp_min(torch.finfo(w.dtype).tiny)
 
 
 # ---------------------------------------------------------------------------------------------- §4.3.3 fusion
@@ -136,7 +147,7 @@ def fusion_weights(r: Tensor, mode: FusionMode = "adaptive", temperature: float 
     """
     if mode not in FUSION_MODES:
         raise ValueError(f"Unknown fusion mode {mode!r}; choose one of {FUSION_MODES}.")
-    r = r.detach().float()
+    r = promote(r.detach())
     if mode == "adaptive":
         if temperature <= 0:
             raise ValueError(f"Fusion temperature must be > 0, got {temperature}.")
@@ -159,9 +170,9 @@ def fuse_saliency(saliency: Tensor, r: Tensor, mode: FusionMode = "adaptive", te
         temperature: ``T`` of the adaptive softmax.
 
     Returns:
-        ``[B, F, H, W]`` fused saliency, float32, detached.
+        ``[B, F, H, W]`` fused saliency, at least float32 (float64 stays float64), detached.
     """
-    saliency = saliency.detach().float()
+    saliency = promote(saliency.detach())
     if saliency.shape[:2] != r.shape:
         raise ValueError(f"saliency {tuple(saliency.shape)} and rewards {tuple(r.shape)} disagree on [B, A].")
     w = fusion_weights(r, mode, temperature)
@@ -195,7 +206,7 @@ def temporal_weights(S: Tensor, strength: float = 1.0, floor: float = 0.2, eps: 
     Returns:
         ``[B, F]`` ``tau``, mean 1 per sample.
     """
-    p = S.detach().float().mean(dim=(2, 3))
+    p = promote(S.detach()).mean(dim=(2, 3))
     tau = ((1.0 - strength) + strength * minmax(p, (1,), eps)).clamp_min(floor)
     return tau / tau.mean(dim=1, keepdim=True)
 
@@ -216,7 +227,7 @@ def spatial_weights(S: Tensor, strength: float = 1.0, floor: float = 0.15, eps: 
     Returns:
         ``[B, F, H, W]`` ``sigma``, mean 1 per frame.
     """
-    sigma = ((1.0 - strength) + strength * minmax(S.detach().float(), (2, 3), eps)).clamp_min(floor)
+    sigma = ((1.0 - strength) + strength * minmax(promote(S.detach()), (2, 3), eps)).clamp_min(floor)
     return sigma / sigma.mean(dim=(2, 3), keepdim=True)
 
 
@@ -244,7 +255,7 @@ def factorized_weights(
         eps: flat-range threshold of the min-max steps (SPEC: 1e-8).
 
     Returns:
-        ``[B, F, 1, H, W]`` ``W_intra``, float32, detached, mean 1 per sample.
+        ``[B, F, 1, H, W]`` ``W_intra``, at least float32 (float64 stays float64), detached, mean 1 per sample.
     """
     tau = temporal_weights(S, temporal_strength, temporal_floor, eps)
     sigma = spatial_weights(S, spatial_strength, spatial_floor, eps)
@@ -267,9 +278,9 @@ def unfactorized_weights(S: Tensor, strength: float = 1.0, floor: float = 0.15, 
         eps: flat-range threshold.
 
     Returns:
-        ``[B, F, 1, H, W]`` ``W_intra``, float32, detached, mean 1 per sample.
+        ``[B, F, 1, H, W]`` ``W_intra``, at least float32 (float64 stays float64), detached, mean 1 per sample.
     """
-    w = ((1.0 - strength) + strength * minmax(S.detach().float(), (1, 2, 3), eps)).clamp_min(floor)
+    w = ((1.0 - strength) + strength * minmax(promote(S.detach()), (1, 2, 3), eps)).clamp_min(floor)
     w = w / w.mean(dim=(1, 2, 3), keepdim=True)
     return w.unsqueeze(2)
 

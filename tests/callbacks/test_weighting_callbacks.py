@@ -5,8 +5,6 @@ from __future__ import annotations
 import importlib
 import inspect
 import math
-import sys
-import types
 from pathlib import Path
 from typing import Any
 
@@ -18,42 +16,29 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from streamr1.callbacks.balancing import AdaptiveAxisBalancing
-from streamr1.callbacks.base import RolloutContext, weighting_callbacks
-from streamr1.callbacks.reliability import ReliabilityWeighting, global_sum
+from streamr1.callbacks.reliability import ReliabilityWeighting
 from streamr1.callbacks.saliency import HEATMAP_TAG, SaliencyWeighting, heatmap_frames, saliency_heatmap
+from streamr1.context import BalanceResult, RolloutContext, global_sum, weighting_callbacks
 from streamr1.losses import dmd_loss
-from streamr1.rewards.result import REWARD_CACHE_KEY, RewardResult
+from streamr1.rewards.result import RewardResult
 
 PRESETS = Path(__file__).resolve().parents[2] / "callbacks"
 B, F, C, H, W = 2, 3, 4, 4, 4
 
 
 class FakeService(Callback):
-    """Stands in for streamr1.rewards.service.RewardService: returns a fixed result, cached on the context."""
+    """Stands in for streamr1.rewards.service.RewardService (a ``streamr1.context.RewardSource``): returns a fixed
+    result, kept on the context."""
 
     def __init__(self, result: RewardResult) -> None:
         self.result = result
         self.calls = 0
 
     def evaluate(self, ctx: RolloutContext) -> RewardResult:
-        if REWARD_CACHE_KEY not in ctx.cache:
+        if ctx.reward is None:
             self.calls += 1
-            ctx.cache[REWARD_CACHE_KEY] = self.result
-        return ctx.cache[REWARD_CACHE_KEY]
-
-
-@pytest.fixture(autouse=True)
-def fake_service_module(monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
-    """Our own ``streamr1.rewards.service`` so these tests do not depend on the real one."""
-    mod = types.ModuleType("streamr1.rewards.service")
-
-    def find_reward_service(trainer: pl.Trainer) -> FakeService:
-        return next(cb for cb in trainer.callbacks if isinstance(cb, FakeService))
-
-    mod.find_reward_service = find_reward_service  # type: ignore[attr-defined]
-    mod.RewardService = FakeService  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "streamr1.rewards.service", mod)
-    return mod
+            ctx.reward = self.result
+        return ctx.reward
 
 
 def make_result(normalized: dict[str, list[float]], valid: list[bool] | None = None, saliency: bool = True,
@@ -117,8 +102,8 @@ def test_reliability_modes(mode: str, r_final: list[float]):
 def test_reliability_balanced_reads_penalty_and_multiplies():
     cb = ReliabilityWeighting(reward_mode="BalancedOverall", beta=2.0, log_histogram_every_n_steps=10)
     ctx = make_ctx(student_step=3)
-    ctx.cache[REWARD_CACHE_KEY] = make_result(NORM)
-    ctx.cache["balance"] = {"penalty": 0.4, "lam": 0.5}
+    ctx.reward = make_result(NORM)
+    ctx.balance = BalanceResult(penalty=0.4, lam=0.5)
     ctx.rollout_weight = torch.tensor([2.0, 3.0])
     cb.weight_rollout(make_trainer([cb]), pl.LightningModule(), ctx)
     # r_final = Overall - 0.5 * 0.4 = (0.3, 0.8); multiplied into the existing weight
@@ -161,7 +146,7 @@ def test_balanced_overall_without_balancing_fails_at_setup():
     with pytest.raises(ValueError, match="BEFORE ReliabilityWeighting"):
         run(make_trainer([service, rel, AdaptiveAxisBalancing()]), make_ctx())
     ctx = run(make_trainer([service, AdaptiveAxisBalancing(), rel]), make_ctx())
-    assert ctx.cache["balance"] == {"penalty": 0.0, "lam": 0.5}  # before the warm-up
+    assert ctx.balance == BalanceResult(penalty=0.0, lam=0.5)  # before the warm-up
     assert torch.allclose(ctx.rollout_weight, torch.exp(2 * torch.tensor([0.5, 1.0])))
 
 
@@ -208,12 +193,12 @@ def test_saliency_weight_shape_mean_detached(fusion: str, factorize: bool):
 def test_saliency_multiplies_and_needs_saliency():
     cb = SaliencyWeighting(heatmap_every_n_steps=0)
     ctx = make_ctx()
-    ctx.cache[REWARD_CACHE_KEY] = make_result(NORM)
+    ctx.reward = make_result(NORM)
     ctx.element_weight = torch.full((B, F, 1, H, W), 2.0)
     cb.weight_rollout(make_trainer([cb]), pl.LightningModule(), ctx)
     assert float(ctx.element_weight.mean()) == pytest.approx(2.0, abs=1e-5)
     ctx = make_ctx()
-    ctx.cache[REWARD_CACHE_KEY] = make_result(NORM, saliency=False)
+    ctx.reward = make_result(NORM, saliency=False)
     with pytest.raises(RuntimeError, match="needs_saliency"):
         cb.weight_rollout(make_trainer([cb]), pl.LightningModule(), ctx)
 
@@ -258,14 +243,14 @@ def test_balancing_global_mean_excludes_invalid_and_penalty():
     seqs = {"VQ": [1.0, 1.0, 2.0, 2.0], "MQ": [0.0, 0.0, 0.0, 0.0], "TA": [3.0, 1.0, 1.0, 1.0]}
     for i in range(4):
         ctx = make_ctx()
-        ctx.cache[REWARD_CACHE_KEY] = make_result({a: [v[i], 100.0] for a, v in seqs.items()}, valid=[True, False])
+        ctx.reward = make_result({a: [v[i], 100.0] for a, v in seqs.items()}, valid=[True, False])
         bal.weight_rollout(trainer, pl.LightningModule(), ctx)
         if i < 3:
-            assert ctx.cache["balance"]["penalty"] == 0.0
+            assert ctx.balance.penalty == 0.0
             assert "weights/balance_D_VQ" not in ctx.logs
     assert bal.state_dict()["history"] == seqs
     # D = (1, 0, -1) -> P = 1 (worked out in tests/weighting)
-    assert ctx.cache["balance"] == {"penalty": pytest.approx(1.0), "lam": 0.5}
+    assert ctx.balance.penalty == pytest.approx(1.0) and ctx.balance.lam == 0.5
     assert ctx.logs["weights/balance_penalty"] == pytest.approx(1.0)
     assert (ctx.logs["weights/balance_D_VQ"], ctx.logs["weights/balance_D_MQ"], ctx.logs["weights/balance_D_TA"]) \
         == pytest.approx((1.0, 0.0, -1.0))
@@ -278,9 +263,9 @@ def test_balancing_state_dict_round_trip(tmp_path: Path):
 
     def step(cb: AdaptiveAxisBalancing, result: RewardResult) -> float:
         ctx = make_ctx()
-        ctx.cache[REWARD_CACHE_KEY] = result
+        ctx.reward = result
         cb.weight_rollout(trainer, pl.LightningModule(), ctx)
-        return ctx.cache["balance"]["penalty"]
+        return ctx.balance.penalty
 
     for result in results[:8]:
         step(bal, result)
@@ -337,7 +322,6 @@ PRESET_FILES = ["dmd", "reward_forcing", "stream_r1", "ablation_no_saliency", "a
 
 @pytest.mark.parametrize("name", PRESET_FILES)
 def test_presets_parse_and_class_paths_import(name: str, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.delitem(sys.modules, "streamr1.rewards.service")  # the real modules, not this file's fake
     path = PRESETS / f"{name}.yaml"
     text = path.read_text()
     assert text.startswith("# ") and f"--config callbacks/{name}.yaml" in text.split("trainer:")[0]
@@ -345,10 +329,9 @@ def test_presets_parse_and_class_paths_import(name: str, monkeypatch: pytest.Mon
     callbacks = cfg["trainer"]["callbacks"]
     paths = [p for p, _ in _class_paths(callbacks)]
     weighting = {"ReliabilityWeighting", "SaliencyWeighting", "AdaptiveAxisBalancing"}
+    assert not any("rewards" in p for p in paths)  # a reward is its own fragment (configs/rewards/), never a stack's
     if name == "dmd":
-        assert not any(p.rsplit(".", 1)[1] in weighting or "rewards" in p for p in paths)
-    else:
-        assert paths[1] == "streamr1.rewards.service.RewardService"
+        assert not any(p.rsplit(".", 1)[1] in weighting for p in paths)
     if "streamr1.callbacks.balancing.AdaptiveAxisBalancing" in paths:
         assert paths.index("streamr1.callbacks.balancing.AdaptiveAxisBalancing") < paths.index(
             "streamr1.callbacks.reliability.ReliabilityWeighting")

@@ -23,14 +23,14 @@ def test_help_documents_arguments_from_docstrings(capsys):
         main(["fit", "--help"])
     assert e.value.code == 0
     out = " ".join(capsys.readouterr().out.split())
-    assert "--model.student_every" in out
+    assert "--model.dmd.student_every" in out
     assert "student takes an optimizer step every this many optimizer cycles" in out
-    assert "--model.accumulate" in out
+    assert "--model.dmd.accumulate" in out
 
 
 def test_print_config_composes_two_configs(tmp_path, capsys):
     extra = tmp_path / "extra.yaml"
-    extra.write_text("model:\n  student_every: 3\n")
+    extra.write_text("model:\n  dmd:\n    student_every: 3\n")
     with pytest.raises(SystemExit):
         main(["fit", "--config", TINY, "--config", str(extra), "--print_config"])
     out = capsys.readouterr().out

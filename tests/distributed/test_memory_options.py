@@ -13,7 +13,7 @@ import streamr1.module as module_lib
 from streamr1.data import PromptDataModule
 from streamr1.models import CausalWanDenoiser, HashTextEncoder, IdentityVAE, WanDenoiser
 from streamr1.module import DMDModule
-from tests.helpers import WAN_TINY, tiny_module
+from tests.helpers import WAN_TINY, grouped, tiny_module
 
 PROMPTS = ["a red circle moving left", "a blue square moving up"]
 
@@ -28,7 +28,7 @@ def _module(checkpointing: bool = False, **kwargs) -> DMDModule:
         teacher=WanDenoiser(config=WAN_TINY),
         critic=WanDenoiser(config=WAN_TINY, gradient_checkpointing=checkpointing),
         text_encoder=HashTextEncoder(dim=16, length=4), vae=IdentityVAE(), latent_shape=(4, 3, 8, 8),
-        student_every=2, **kwargs,
+        **grouped({"student_every": 2, **kwargs}),
     )
 
 
@@ -125,15 +125,16 @@ def test_bf16_precision_runs_the_manual_optimization(precision):
 
 def test_offload_teacher_moves_it_in_only_around_its_forward(monkeypatch):
     moves: list[tuple[str, str]] = []
-    real_move = module_lib._move_parameters
+    real_move = module_lib.move_parameters
 
     def record(mod, device):
         moves.append(("move", torch.device(device).type))
         real_move(mod, device)
 
-    monkeypatch.setattr(module_lib, "_move_parameters", record)
+    monkeypatch.setattr(module_lib, "move_parameters", record)
     ref, off = _module(), _module(offload_teacher=True)
-    assert off.hparams.offload_teacher and not ref.hparams.offload_teacher
+    assert off.memory.offload_teacher and not ref.memory.offload_teacher
+    assert off.hparams.memory == {"offload_teacher": True}  # a plain dict in hparams (weights_only checkpoints)
     forward = off.teacher.forward
 
     def teacher_forward(*args):

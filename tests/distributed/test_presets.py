@@ -38,7 +38,7 @@ def test_preset_header_names_the_exact_launch_command(name):
 @pytest.mark.parametrize("name", ["ddp", "fsdp"])
 def test_memory_switches_are_documented_with_what_they_save(name):
     header = _header(name)
-    for switch in ("model.offload_teacher: true", "bf16-mixed", "bf16-true", "gradient_checkpointing: true"):
+    for switch in ("model.memory.offload_teacher: true", "bf16-mixed", "bf16-true", "gradient_checkpointing: true"):
         assert switch in header, (name, switch)
 
 

@@ -9,12 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from streamr1.rewards.normalization import (
-    RewardNormalizer,
-    RewardStatistics,
-    calibrate_from_rollouts,
-    calibrate_from_videos,
-)
+from streamr1.rewards.calibration import calibrate_from_rollouts, calibrate_from_videos
+from streamr1.rewards.normalization import RewardNormalizer, RewardStatistics, to_unit
+from streamr1.rewards.service import RewardService
 
 STATS = {"VQ": {"mean": 1.0, "std": 2.0}, "MQ": {"mean": -0.5, "std": 0.25}, "TA": {"mean": 0.5, "std": 0.0}}
 
@@ -116,3 +113,25 @@ def test_calibrate_from_videos_and_rollouts(tmp_path):
     assert again["VQ"]["mean"] == pytest.approx(vq[:5].mean().item(), abs=1e-6)
     with pytest.raises(ValueError, match="at least 2"):
         calibrate_from_videos(reward, videos[:1])
+
+
+def test_calibration_scores_through_the_service_reward_inputs():
+    """A service subclass that crops its inputs is calibrated on the crops it will score in training."""
+
+    class CroppingService(RewardService):
+        def reward_inputs(self, pixels):
+            return pixels[..., :2, :2]
+
+    g = torch.Generator().manual_seed(1)
+    videos = [(torch.rand(2, 3, 4, 4, generator=g) * 2 - 1, "p" * (i + 1)) for i in range(4)]
+    service = CroppingService(model=PixelMeanReward())
+    stats = calibrate_from_videos(service, iter(videos), batch_size=2)
+    crops = torch.stack([to_unit(v)[..., :2, :2].mean() for v, _ in videos]).double()
+    assert stats["VQ"]["mean"] == pytest.approx(crops.mean().item(), abs=1e-6)
+    assert stats["VQ"]["std"] == pytest.approx(crops.std().item(), abs=1e-6)
+    assert service.forward_calls == 2  # one scoring call a batch, through the service
+
+
+def test_to_unit_maps_both_pixel_conventions():
+    assert torch.equal(to_unit(torch.tensor([-2.0, -1.0, 0.0, 1.0, 3.0])), torch.tensor([0.0, 0.0, 0.5, 1.0, 1.0]))
+    assert torch.equal(to_unit(torch.tensor([0, 51, 255], dtype=torch.uint8)), torch.tensor([0.0, 0.2, 1.0]))

@@ -12,10 +12,10 @@ import torch.nn.functional as F_
 from torch import nn
 
 from streamr1.callbacks.balancing import AdaptiveAxisBalancing
-from streamr1.callbacks.base import RolloutContext, weighting_callbacks
 from streamr1.callbacks.reliability import ReliabilityWeighting
 from streamr1.callbacks.saliency import SaliencyWeighting
-from streamr1.rewards.result import REWARD_CACHE_KEY, RewardResult
+from streamr1.context import RolloutContext, weighting_callbacks
+from streamr1.rewards.result import RewardResult
 from streamr1.rewards.service import RewardService, find_reward_service
 
 B, F, H, W = 2, 4, 8, 8  # latent grid; the toy decoder below doubles H and W
@@ -68,7 +68,7 @@ def test_one_forward_one_backward_per_student_turn_with_every_consumer(tiny_rewa
     assert find_reward_service(trainer) is service and service not in weighting_callbacks(trainer)
     ctx = student_turn(trainer, module, make_ctx())
     assert (service.forward_calls, service.backward_calls) == (1, 1)
-    result = ctx.cache[REWARD_CACHE_KEY]
+    result = ctx.reward
     assert isinstance(result, RewardResult) and result.axes == ("VQ", "MQ", "TA")
     assert service.evaluate(ctx) is result and service.forward_calls == 1  # cached: every callback reads it
     for axis in result.axes:
@@ -153,7 +153,7 @@ def test_nonfinite_reward_is_flagged_counted_and_zeroed():
     service = RewardService(NaNForSampleOne(), normalization=STATS)
     trainer, module = set_up([service, ReliabilityWeighting("Overall"), SaliencyWeighting(heatmap_every_n_steps=0)])
     ctx = student_turn(trainer, module, make_ctx())
-    result = ctx.cache[REWARD_CACHE_KEY]
+    result = ctx.reward
     assert result.valid.tolist() == [True, False]
     assert service.nonfinite_count == 1 and ctx.logs["reward/nonfinite"] == 1.0
     assert math.isnan(result.raw["VQ"][1]) and result.normalized["VQ"][1] == 0.0
@@ -189,7 +189,7 @@ def test_setup_rejects_a_model_without_a_configured_axis(declare):
 
 
 def test_setup_errors_and_lookup():
-    with pytest.raises(RuntimeError, match="No RewardService"):
+    with pytest.raises(RuntimeError, match="No reward service"):
         find_reward_service(make_trainer([SaliencyWeighting()]))
     two = [RewardService(NaNForSampleOne()), RewardService(NaNForSampleOne())]  # a Trainer refuses it already
     with pytest.raises(RuntimeError, match="exactly one"):

@@ -51,7 +51,7 @@ def test_there_is_a_stack_for_every_row_of_the_table():
 def test_each_stack_composes_with_the_recipe_and_runs_two_student_turns(stack, tmp_path):
     cli = main([
         "fit", "--config", RECIPE, "--config", os.path.join(ROOT, "callbacks", f"{stack}.yaml"),
-        "--model.student_every", "1", "--trainer.max_steps", "4",  # 2 cycles: critic + student each
+        "--model.dmd.student_every", "1", "--trainer.max_steps", "4",  # 2 cycles: critic + student each
         "--trainer.limit_val_batches", "0", "--trainer.enable_progress_bar", "false",
         "--trainer.default_root_dir", str(tmp_path), "--trainer.logger.init_args.save_dir", str(tmp_path),
         "--data.init_args.batch_size", "2",

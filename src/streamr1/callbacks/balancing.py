@@ -10,8 +10,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
-from streamr1.callbacks.base import RolloutContext
-from streamr1.callbacks.reliability import BALANCE_CACHE_KEY, global_sum, reward_result
+from streamr1.context import BalanceResult, RolloutContext, global_sum, reward_result
 from streamr1.protocols import AXES
 from streamr1.rewards.result import RewardResult
 from streamr1.weighting import axis_drifts, balance_penalty
@@ -25,7 +24,7 @@ class AdaptiveAxisBalancing(Callback):
     history and computes the same ``P`` (the reference code keeps a per-rank window; SPEC §4.4 says why we do
     not). After ``warmup`` updates, with at least ``min_entries`` entries an axis,
     ``D_a = mean(second half) - mean(first half)`` and ``P = std_unbiased(D_VQ, D_MQ, D_TA)``; before that
-    ``P = 0``. It leaves ``ctx.cache["balance"] = {"penalty": P, "lam": lam}`` for
+    ``P = 0``. It leaves ``ctx.balance = BalanceResult(penalty=P, lam=lam)`` for
     :class:`~streamr1.callbacks.reliability.ReliabilityWeighting` in ``BalancedOverall`` mode, which computes
     ``r_final = Overall - lam * P``.
 
@@ -85,7 +84,7 @@ class AdaptiveAxisBalancing(Callback):
 
     @torch.no_grad()
     def weight_rollout(self, trainer: pl.Trainer, pl_module: pl.LightningModule, ctx: RolloutContext) -> None:
-        """Record this update's global-batch means, compute ``P``, leave it in ``ctx.cache["balance"]``."""
+        """Record this update's global-batch means, compute ``P``, leave it in ``ctx.balance``."""
         result: RewardResult = reward_result(trainer, ctx)
         # The Stream-R1 axes (VQ, MQ, TA); any other score the reward model returns is not balanced.
         axes = tuple(a for a in result.axes if a in AXES) or result.axes
@@ -98,7 +97,7 @@ class AdaptiveAxisBalancing(Callback):
         if count > 0:  # an update in which every sample of the global batch is invalid records nothing
             self.record({a: float(total[i]) / count for i, a in enumerate(axes)})
         penalty = float(self.compute_penalty())
-        ctx.cache[BALANCE_CACHE_KEY] = {"penalty": penalty, "lam": self.lam}
+        ctx.balance = BalanceResult(penalty=penalty, lam=self.lam)
         ctx.logs["weights/balance_penalty"] = penalty
         if self.history and self.updates_seen >= self.warmup and all(len(h) >= 2 for h in self.history.values()):
             for axis, d in zip(self.history, axis_drifts(self.history).tolist(), strict=True):

@@ -1,9 +1,4 @@
-"""Inter-reliability weighting: one weight a rollout from its reward (SPEC.md §4.2).
-
-Also home of the two helpers every Stream-R1 weighting callback shares: :func:`reward_result`
-(the rollout's scores from the reward service, computed once) and :func:`global_sum` (a sum over
-all ranks, so that statistics of the global batch agree everywhere).
-"""
+"""Inter-reliability weighting: one weight a rollout from its reward (SPEC.md §4.2)."""
 
 from __future__ import annotations
 
@@ -16,43 +11,9 @@ from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 from typing_extensions import override
 
-from streamr1.callbacks.base import RolloutContext
-from streamr1.rewards.result import REWARD_CACHE_KEY, RewardResult
-from streamr1.weighting import REWARD_MODES, RewardMode, final_reward, reliability_weight
-
-BALANCE_CACHE_KEY = "balance"
-"""``RolloutContext.cache`` key where :class:`~streamr1.callbacks.balancing.AdaptiveAxisBalancing` leaves
-``{"penalty": P, "lam": lambda}`` for :class:`ReliabilityWeighting` in ``BalancedOverall`` mode."""
-
-
-def reward_result(trainer: pl.Trainer, ctx: RolloutContext) -> RewardResult:
-    """The rollout's :class:`RewardResult`: from ``ctx.cache`` when already computed, else from the trainer's
-    reward service (``streamr1.rewards.service.RewardService``), which scores the rollout once and caches it."""
-    cached = ctx.cache.get(REWARD_CACHE_KEY)
-    if isinstance(cached, RewardResult):
-        return cached
-    from streamr1.rewards.service import find_reward_service
-
-    return find_reward_service(trainer).evaluate(ctx)
-
-
-def global_sum(trainer: pl.Trainer, pl_module: pl.LightningModule, t: Tensor) -> Tensor:
-    """Sum a fixed-shape tensor over all ranks (``pl_module.all_gather``, then a sum in rank order).
-
-    Every rank gets the same gathered tensor and adds it up in the same order, so the result is bitwise
-    identical on all ranks. Summing fixed-shape statistics (sums and counts) rather than gathering per-sample
-    values keeps it correct when ranks hold batches of different sizes. Must be called on every rank.
-
-    Args:
-        t: any fixed shape, the same on every rank.
-
-    Returns:
-        ``t`` summed over ranks (``t`` itself on a single process), on ``t``'s device.
-    """
-    if trainer.world_size <= 1:
-        return t
-    gathered = pl_module.all_gather(t.to(pl_module.device))
-    return gathered.reshape(-1, *t.shape).sum(dim=0).to(t.device)
+from streamr1.context import RolloutContext, global_sum, reward_result
+from streamr1.rewards.result import RewardResult
+from streamr1.weighting import REWARD_MODES, RewardMode, final_reward, mean_normalize, reliability_weight
 
 
 class ReliabilityWeighting(Callback):
@@ -143,7 +104,7 @@ class ReliabilityWeighting(Callback):
         """The extension point: ``[B]`` per-rollout weights, before the non-finite fallback and self-normalisation.
 
         Default: ``reliability_weight(final_reward(r, mode, P, lambda), beta, clip)`` (SPEC §4.2, §4.4), with
-        ``P`` and ``lambda`` read from ``ctx.cache["balance"]`` in ``BalancedOverall`` mode.
+        ``P`` and ``lambda`` read from ``ctx.balance`` in ``BalancedOverall`` mode.
 
         Args:
             result: the rollout's scores (``result.normalized``: per axis ``[B]``).
@@ -151,13 +112,12 @@ class ReliabilityWeighting(Callback):
         """
         penalty, lam = 0.0, 0.0
         if self.reward_mode == "BalancedOverall":
-            balance = ctx.cache.get(BALANCE_CACHE_KEY)
-            if balance is None:
+            if ctx.balance is None:
                 raise RuntimeError(
                     "reward_mode='BalancedOverall' but no AdaptiveAxisBalancing ran before ReliabilityWeighting "
                     "for this rollout: put it before ReliabilityWeighting in trainer.callbacks."
                 )
-            penalty, lam = balance["penalty"], float(balance["lam"])
+            penalty, lam = ctx.balance.penalty, ctx.balance.lam
         r_final = final_reward(result.normalized, self.reward_mode, penalty=penalty, lam=lam)
         return reliability_weight(r_final, self.beta, clip=self.clip)
 
@@ -174,10 +134,9 @@ class ReliabilityWeighting(Callback):
         stats = torch.stack([(w * valid).sum(), valid.sum().float(), (~valid).sum().float()]).double()
         stats = global_sum(trainer, pl_module, stats)
         if self.self_normalize and stats[1] > 0:
-            # The self-normalisation of reliability_weight, with the mean taken over the global batch's valid
-            # samples (fallback samples keep exactly 1).
-            global_mean = (stats[0] / stats[1]).to(w.dtype).clamp_min(torch.finfo(w.dtype).tiny)
-            w = torch.where(valid, w / global_mean, w)
+            # reliability_weight's self-normalisation, with the mean taken over the global batch's valid samples
+            # (fallback samples keep exactly 1).
+            w = torch.where(valid, mean_normalize(w, stats[0] / stats[1]), w)
         self.nonfinite_fallback += int(stats[2])
         self.rollouts_weighted += int(stats[1] + stats[2])
 

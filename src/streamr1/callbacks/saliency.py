@@ -13,8 +13,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
 from typing_extensions import override
 
-from streamr1.callbacks.base import RolloutContext
-from streamr1.callbacks.reliability import reward_result
+from streamr1.context import RolloutContext, reward_result
 from streamr1.rewards.result import RewardResult
 from streamr1.weighting import (
     FUSION_MODES,

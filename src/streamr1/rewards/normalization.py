@@ -2,8 +2,8 @@
 
 ``r_a = (raw_a - mean_a) / std_a``: the normalisation makes ``beta`` in ``W_inter = exp(beta * r_final)`` mean the
 same thing for every reward model and axis. The statistics are estimated once, before training, on what the
-reward will see (student rollouts or a folder of videos: :func:`calibrate_from_rollouts`,
-:func:`calibrate_from_videos`, called by ``streamr1 calibrate``), stored in a JSON or YAML file
+reward will see (student rollouts or a folder of videos: :mod:`streamr1.rewards.calibration`, called by
+``streamr1 calibrate``), stored in a JSON or YAML file
 ``{"VQ": {"mean": m, "std": s}, ...}`` and loaded by :class:`RewardNormalizer`.
 
 :class:`RewardStatistics` is the running estimate (a ``torchmetrics.Metric``: sums and counts, summed over DDP
@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -24,7 +24,7 @@ from torchmetrics import Metric
 
 from streamr1.assets import resolve
 from streamr1.io import atomic_output
-from streamr1.protocols import AXES, as_device_dtype
+from streamr1.protocols import AXES
 
 MIN_STD = 1e-6
 """Floor of every axis' ``std``: a constant axis must not divide by zero."""
@@ -49,7 +49,7 @@ def read_stats(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not os.path.isfile(path):
         raise FileNotFoundError(
             f"Reward statistics file not found: {path!r}. Write one with `streamr1 calibrate --output {path}` "
-            "(or normalization.calibrate_from_rollouts / calibrate_from_videos), or set the RewardService's "
+            "(or streamr1.rewards.calibration), or set the RewardService's "
             "`normalization` to a dict {axis: {mean, std}} or null (no normalisation)."
         )
     with open(path, encoding="utf-8") as fh:
@@ -245,105 +245,8 @@ def _reward_axes(reward: Callable[..., Mapping[str, Tensor]], first: Mapping[str
     return chosen
 
 
-def _to_unit(video: Tensor) -> Tensor:
-    """``[-1, 1]`` float (or uint8 ``0..255``) pixels -> ``[0, 1]`` float, clamped (SPEC §4.1)."""
+def to_unit(video: Tensor) -> Tensor:
+    """Pixels in ``[-1, 1]`` (or uint8 ``0..255``) -> float ``[0, 1]``, clamped: what a reward sees (SPEC §4.1)."""
     if video.dtype == torch.uint8:
         return video.float() / 255.0
     return ((video.float() + 1.0) * 0.5).clamp(0.0, 1.0)
-
-
-@torch.no_grad()
-def _calibrate(reward: Callable[..., Mapping[str, Tensor]], batches: Iterable[tuple[Tensor, list[str]]],
-               axes: Sequence[str] | None, output: str | os.PathLike[str] | None) -> AxisStats:
-    is_module = isinstance(reward, nn.Module)
-    device, dtype = as_device_dtype(reward) if is_module else (torch.device("cpu"), torch.float32)
-    was_training = is_module and reward.training
-    if was_training:
-        reward.eval()  # scores as the frozen reward service will compute them
-    stats: RewardStatistics | None = None
-    try:
-        for video, prompts in batches:
-            scores = reward(_to_unit(video).to(device=device, dtype=dtype), prompts)
-            if stats is None:
-                stats = RewardStatistics(axes=_reward_axes(reward, scores, axes))
-            stats.update(scores)
-    finally:
-        if was_training:
-            reward.train()
-    if stats is None:
-        raise ValueError("Calibration got no videos.")
-    result = stats.stats_dict()
-    few = {a: v["count"] for a, v in result.items() if v["count"] < 2}
-    if few:
-        raise ValueError(f"Calibration needs at least 2 finite scores an axis; got {few}. Score more videos.")
-    if output is not None:
-        write_stats(output, result)
-    return result
-
-
-def _batched_videos(videos: Iterable[tuple[Tensor, str]], batch_size: int) -> Iterator[tuple[Tensor, list[str]]]:
-    """Stack consecutive ``(video [T, 3, H, W], prompt)`` pairs into batches; a change of shape starts a new one."""
-    buf: list[Tensor] = []
-    prompts: list[str] = []
-    for video, prompt in videos:
-        if video.ndim != 4 or video.shape[1] != 3:
-            raise ValueError(f"Each video must be [T, 3, H, W], got {list(video.shape)}.")
-        if buf and (len(buf) == batch_size or video.shape != buf[0].shape):
-            yield torch.stack(buf), prompts
-            buf, prompts = [], []
-        buf.append(video)
-        prompts.append(str(prompt))
-    if buf:
-        yield torch.stack(buf), prompts
-
-
-def calibrate_from_videos(reward: Callable[..., Mapping[str, Tensor]], videos: Iterable[tuple[Tensor, str]],
-                          batch_size: int = 4, axes: Sequence[str] | None = None,
-                          output: str | os.PathLike[str] | None = None) -> AxisStats:
-    """Per-axis mean and std of the reward over a set of videos (SPEC §4.1).
-
-    Args:
-        reward: a reward model (``[B, T, 3, H, W]`` in ``[0, 1]``, prompts) -> ``{axis: [B]}``; scored without grad,
-            in eval mode, on its own device and dtype (move it first, e.g. ``RewardService.prepare(device)``).
-        videos: ``(video [T, 3, H, W] in [-1, 1] (or uint8), prompt)`` pairs; consecutive videos of one shape are
-            batched together.
-        batch_size: videos a reward call.
-        axes: axes to report; default: the reward's ``axes`` attribute, else every axis it returns.
-        output: if given, also write the result there (JSON, or YAML for ``.yaml``/``.yml``).
-
-    Returns:
-        ``{axis: {"mean": m, "std": s, "count": n}}`` (unbiased std; non-finite scores left out), ready for
-        :class:`RewardNormalizer` and ``RewardService(normalization=...)``.
-    """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
-    return _calibrate(reward, _batched_videos(videos, batch_size), axes, output)
-
-
-def calibrate_from_rollouts(reward: Callable[..., Mapping[str, Tensor]], generate: Callable[[list[str]], Tensor],
-                            prompts: Sequence[str], batch_size: int = 4, axes: Sequence[str] | None = None,
-                            output: str | os.PathLike[str] | None = None) -> AxisStats:
-    """Per-axis mean and std of the reward over generated videos, one batch of prompts at a time (SPEC §4.1).
-
-    Args:
-        reward: as in :func:`calibrate_from_videos`.
-        generate: ``prompts (list of B) -> [B, T, 3, H, W]`` pixels in ``[-1, 1]`` (e.g. decoded student rollouts).
-        prompts: every prompt to generate for (one video each), taken ``batch_size`` at a time.
-        batch_size, axes, output: as in :func:`calibrate_from_videos`.
-
-    Returns:
-        ``{axis: {"mean": m, "std": s, "count": n}}``.
-    """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
-    prompts = [str(p) for p in prompts]
-
-    def batches() -> Iterator[tuple[Tensor, list[str]]]:
-        for i in range(0, len(prompts), batch_size):
-            chunk = prompts[i:i + batch_size]
-            video = generate(chunk)
-            if video.ndim != 5 or video.shape[0] != len(chunk) or video.shape[2] != 3:
-                raise ValueError(f"generate() must return [B={len(chunk)}, T, 3, H, W], got {list(video.shape)}.")
-            yield video.detach(), chunk
-
-    return _calibrate(reward, batches(), axes, output)

@@ -7,9 +7,6 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-REWARD_CACHE_KEY = "reward"
-"""Key under which the reward service stores its :class:`RewardResult` in ``RolloutContext.cache``."""
-
 
 @dataclass
 class RewardResult:

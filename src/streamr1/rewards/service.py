@@ -20,10 +20,10 @@ from lightning.pytorch.callbacks import Callback
 from torch import Tensor, nn
 from typing_extensions import override
 
-from streamr1.callbacks.base import RolloutContext
+from streamr1.context import RolloutContext, reward_source
 from streamr1.protocols import AXES, RewardModel, as_device_dtype
-from streamr1.rewards.normalization import RewardNormalizer, RewardStatistics
-from streamr1.rewards.result import REWARD_CACHE_KEY, RewardResult
+from streamr1.rewards.normalization import RewardNormalizer, RewardStatistics, to_unit
+from streamr1.rewards.result import RewardResult
 from streamr1.rewards.saliency import ResizeMode, saliency_to_latent_grid, scored_frames_of
 
 SaliencySpace = Literal["pixels", "latent"]
@@ -34,29 +34,12 @@ PROBE_PROMPT = "a test"
 
 
 def find_reward_service(trainer: pl.Trainer) -> RewardService:
-    """The trainer's one :class:`RewardService` (from ``trainer.callbacks``).
+    """The trainer's one :class:`RewardService` (:func:`streamr1.context.reward_source`, typed).
 
     Raises:
         RuntimeError: there is none, or more than one.
     """
-    found = [cb for cb in trainer.callbacks if isinstance(cb, RewardService)]
-    if len(found) == 1:
-        return found[0]
-    if not found:
-        raise RuntimeError(
-            "No RewardService in trainer.callbacks, but a reward-weighting callback needs one. Add "
-            "`- class_path: streamr1.rewards.service.RewardService` (with `init_args: {model: ...}`) to "
-            "trainer.callbacks, before the weighting callbacks (e.g. --config callbacks/stream_r1.yaml)."
-        )
-    raise RuntimeError(
-        f"{len(found)} RewardService callbacks in trainer.callbacks; there must be exactly one (every weighting "
-        "callback reads the same scores). Remove the extra ones (a second --config may have added one)."
-    )
-
-
-def _to_unit(pixels: Tensor) -> Tensor:
-    """``[-1, 1]`` -> ``[0, 1]``, clamped (SPEC §4.1)."""
-    return ((pixels + 1.0) * 0.5).clamp(0.0, 1.0)
+    return reward_source(trainer)  # type: ignore[return-value]
 
 
 def _channel_norm(g: Tensor) -> Tensor:
@@ -75,7 +58,7 @@ def _same_device(a: torch.device, b: torch.device) -> bool:
 class RewardService(Callback):
     """Scores each student rollout once and shares the result with every weighting callback (SPEC §4.1, §4.3, §4.5).
 
-    What one :meth:`evaluate` does (the first callback to ask pays; the rest read ``ctx.cache["reward"]``):
+    What one :meth:`evaluate` does (the first callback to ask pays; the rest read ``ctx.reward``):
 
     1. Decode the rollout once: ``ctx.decode(ctx.x)`` -> pixels in ``[-1, 1]`` -> ``(p + 1) / 2`` clamped to
        ``[0, 1]`` (SPEC §4.1).
@@ -346,19 +329,18 @@ class RewardService(Callback):
 
     # ------------------------------------------------------------------ scoring
     def evaluate(self, ctx: RolloutContext) -> RewardResult:
-        """The rollout's :class:`RewardResult`, computed once and cached in ``ctx.cache["reward"]``.
+        """The rollout's :class:`RewardResult`, computed once and kept in ``ctx.reward``.
 
         Decodes ``ctx.x`` ``[B, F, C, H, W]`` with ``ctx.decode``; saliency (when enabled) lands on the latent grid
         ``[B, F, H, W]``. Also fills ``ctx.logs`` (``reward/...``). Call it on every rank at the same time (the
         running-statistics logs synchronise across ranks).
         """
-        cached = ctx.cache.get(REWARD_CACHE_KEY)
-        if isinstance(cached, RewardResult):
-            return cached
+        if ctx.reward is not None:
+            return ctx.reward
         x = ctx.x.detach()
         result = self._score(ctx.prompts, latents=x, decode=ctx.decode, saliency=self._saliency_on,
                              latent_shape=(x.shape[1], x.shape[3], x.shape[4]))
-        ctx.cache[REWARD_CACHE_KEY] = result
+        ctx.reward = result
         ctx.logs.update(self.log_values(result, ctx.student_step))
         return result
 
@@ -388,6 +370,18 @@ class RewardService(Callback):
         """
         return pixels.to(self._dtype) if self._dtype is not None else pixels
 
+    def forward_scores(self, pixels: Tensor, prompts: Sequence[str]) -> dict[str, Tensor]:
+        """THE scoring function every path goes through (training, calibration, evaluation): the configured axes
+        of ``model(reward_inputs(pixels), prompts)``, each ``[B]``, in the graph when grad is enabled.
+
+        Args:
+            pixels: ``[B, T, 3, H, W]`` in ``[0, 1]`` on the service's device (:func:`to_unit` maps ``[-1, 1]``).
+            prompts: ``B`` captions.
+        """
+        out = self.model(self.reward_inputs(pixels), list(prompts))
+        self.forward_calls += 1
+        return self._select_axes(out, pixels.shape[0])
+
     def _score(self, prompts: Sequence[str], *, saliency: bool, latent_shape: tuple[int, int, int] | None,
                latents: Tensor | None = None, decode: Callable[[Tensor], Tensor] | None = None,
                video: Tensor | None = None) -> RewardResult:
@@ -402,7 +396,7 @@ class RewardService(Callback):
                 assert latents is not None and decode is not None
                 with torch.enable_grad():
                     x_leaf = latents.detach().clone().requires_grad_(True)
-                    pixels = _to_unit(decode(x_leaf).to(device).float())
+                    pixels = to_unit(decode(x_leaf).to(device).float())
                 inputs.append(x_leaf)
                 if self.keep_pixels:
                     inputs.append(pixels)
@@ -410,7 +404,7 @@ class RewardService(Callback):
                 with torch.no_grad():
                     src = decode(latents) if latents is not None and decode is not None else video
                     assert src is not None
-                    pixels = _to_unit(src.detach().to(device).float())
+                    pixels = to_unit(src.detach().to(device).float())
                 if saliency:
                     pixels.requires_grad_(True)
                     inputs.append(pixels)
@@ -420,9 +414,7 @@ class RewardService(Callback):
 
             # 2. ONE forward.
             with torch.set_grad_enabled(saliency):
-                out = self.model(self.reward_inputs(pixels), prompts)
-            self.forward_calls += 1
-            scores = self._select_axes(out, b)
+                scores = self.forward_scores(pixels, prompts)
             raw = {a: s.detach().float() for a, s in scores.items()}
             valid = torch.stack([torch.isfinite(raw[a]) for a in self.axes]).all(dim=0)
 

@@ -1,21 +1,30 @@
 """``python -m streamr1.toy.assets --output src/streamr1/assets`` (``make toy-assets``): the toy world's shipped files.
 
-The slow-to-make inputs of the toy recipe (``configs/quickstart.yaml``), made by the project's own code on a CPU:
+The toy recipe (``configs/quickstart.yaml``) has the real recipe's stages (Stream-R1 and Self-Forcing start from
+Wan2.1-T2V-1.3B; issue 13), each made here by the project's own code on a CPU and written with the command that
+remakes it (``toy_assets.json``):
 
-1. **Student initialisation** (Self-Forcing's ODE stage, :mod:`streamr1.toy.ode`): the exact
-   :class:`~streamr1.toy.teacher.MixtureTeacher`'s guided ODE (``g_s = 3``, shift 5, many Euler steps), integrated
-   chunk by chunk on clean context, is recorded at the warped few-step levels ``[1000, 937.5, 833.3, 625]``; the causal
-   student (:data:`~streamr1.toy.STUDENT_CONFIG`) regresses the end points with teacher forcing from clean previous
-   chunks. Written as ``toy_student.safetensors`` (float16 tensors; loading casts them back to float32).
-2. **Reward** (:mod:`streamr1.toy.reward`): a tiny open_clip CLIP and its VQ/MQ/TA heads, trained on fresh renders of
-   every quality mode; ``toy_reward.pt`` and, next to it, ``toy_reward_spearman.json`` (its Spearman correlation with
-   the oracle per axis on held-out renders).
-3. **Reward statistics** (SPEC.md §4.1): the reward's per-axis mean and std over rollouts of the initial student,
-   ``toy_reward_stats.json`` (what ``streamr1 calibrate`` computes).
-4. ``toy_assets.json``: architectures, budgets, timings, and the initial student's oracle numbers.
+1. **Pretrained video model** (``--stages pretrained``, :mod:`streamr1.toy.pretrain`): a tiny bidirectional Wan
+   (:data:`~streamr1.toy.STUDENT_CONFIG`) trained by flow matching on the world's videos with 10% caption dropout
+   (classifier-free guidance) and half of the samples at diffusion-forcing noise levels: the analogue of
+   Wan2.1-1.3B. ``toy_pretrained.safetensors``; the DMD critic starts from it
+   (``critic: {init_args: {pretrained: pkg://streamr1/assets/toy_pretrained.safetensors}}``).
+2. **Causal student** (``--stages student``): the pretrained weights loaded into the block-causal student, then
+   (a) teacher-forcing flow matching on the world's videos (Causal Forcing's autoregressive-diffusion stage,
+   :func:`~streamr1.toy.pretrain.train_causal_flow`), then (b) Self-Forcing's ODE regression on the exact
+   :class:`~streamr1.toy.teacher.MixtureTeacher`'s guided ODE, integrated chunk by chunk on clean context
+   (:mod:`streamr1.toy.ode`; the causal variant: the targets are what a causal generator can reach). Either part
+   can be switched off with a zero budget. ``toy_student.safetensors``.
+3. **Reward** (``--stages reward``, :mod:`streamr1.toy.reward`): a tiny open_clip CLIP and its VQ/MQ/TA heads,
+   trained on fresh renders of the world's captions (every quality mode, ghosts) and on the initial student's own
+   rollouts, all labelled by the oracle; ``toy_reward.pt`` and ``toy_reward_spearman.json`` (Spearman with the
+   oracle per axis on held-out renders and on held-out student rollouts).
+4. **Reward statistics** (SPEC.md §4.1): the reward's per-axis mean and std over rollouts of the initial student,
+   ``toy_reward_stats.json``; and ``toy_assets.json``: architectures, budgets, timings, the initial student's
+   init check (:mod:`streamr1.toy.init_check`).
 
-Budgets are arguments (``--budget tiny`` runs every stage in seconds, for tests). Progress bars (tqdm) on every long
-step.
+Budgets are arguments (``--budget tiny`` runs every stage in seconds, for tests). Files are float16 where they hold
+weights. Progress bars (tqdm) on every long step.
 """
 
 from __future__ import annotations
@@ -34,11 +43,13 @@ import torch
 from streamr1 import toy
 from streamr1.io import atomic_output
 
+PRETRAINED_FILE = "toy_pretrained.safetensors"
 STUDENT_FILE = "toy_student.safetensors"
 REWARD_FILE = "toy_reward.pt"
 STATS_FILE = "toy_reward_stats.json"
 SPEARMAN_FILE = "toy_reward_spearman.json"
 MANIFEST_FILE = "toy_assets.json"
+STAGES: tuple[str, ...] = ("pretrained", "student", "reward")
 
 
 @dataclass
@@ -46,34 +57,43 @@ class Budget:
     """How much work each stage does.
 
     Attributes:
-        ode_per_prompt: teacher ODE trajectories per cell caption (48 captions).
-        ode_steps: Euler steps of the teacher ODE (first chunk; later chunks are pinned by their context).
-        student_iterations: ODE-regression optimizer steps; ``student_batch``: samples a step; ``student_lr``.
+        pretrain_iterations, pretrain_batch, pretrain_lr: the bidirectional flow-matching pretraining.
+        causal_iterations, causal_lr: the causal student's teacher-forcing flow matching (0: skip).
+        ode_per_prompt: teacher ODE trajectories per world caption; ``ode_steps``: Euler steps of the first chunk.
+        student_iterations: ODE-regression optimizer steps (0: skip); ``student_batch``: samples a step (also the
+            causal stage's batch); ``student_lr``.
         reward_iterations: reward optimizer steps; ``reward_batch``: videos a step; ``reward_pool``: labelled
-            renders drawn up front; ``reward_lr``.
-        spearman_renders: held-out renders for the reward-oracle Spearman correlation.
-        calibration_repeats: student rollouts per caption for the reward statistics (and the student's numbers).
+            renders drawn up front; ``reward_rollouts``: student rollouts added to the pool; ``reward_lr``.
+        spearman_renders: held-out renders (and held-out rollouts) for the reward-oracle Spearman correlation.
+        calibration_repeats: student rollouts per caption for the reward statistics and the init check.
     """
 
-    ode_per_prompt: int = 40
+    pretrain_iterations: int = 1500
+    pretrain_batch: int = 16
+    pretrain_lr: float = 1.5e-3
+    causal_iterations: int = 300
+    causal_lr: float = 5e-4
+    ode_per_prompt: int = 24
     ode_steps: int = 32
-    student_iterations: int = 2400
+    student_iterations: int = 300
     student_batch: int = 16
-    student_lr: float = 2e-3
-    reward_iterations: int = 1500
+    student_lr: float = 5e-4
+    reward_iterations: int = 1200
     reward_batch: int = 32
-    reward_pool: int = 6144
+    reward_pool: int = 3072
+    reward_rollouts: int = 1024
     reward_lr: float = 2e-3
-    spearman_renders: int = 1024
-    calibration_repeats: int = 4
+    spearman_renders: int = 512
+    calibration_repeats: int = 8
 
 
 BUDGETS: dict[str, Budget] = {
     "full": Budget(),
-    "tiny": Budget(ode_per_prompt=1, ode_steps=4, student_iterations=2, student_batch=4, reward_iterations=2,
-                   reward_batch=4, reward_pool=16, spearman_renders=16, calibration_repeats=1),
+    "tiny": Budget(pretrain_iterations=2, pretrain_batch=4, causal_iterations=2, ode_per_prompt=1, ode_steps=4,
+                   student_iterations=2, student_batch=4, reward_iterations=2, reward_batch=4, reward_pool=16,
+                   reward_rollouts=8, spearman_renders=16, calibration_repeats=1),
 }
-"""``full``: the shipped files (about 15-25 minutes on 2 CPU cores); ``tiny``: seconds, for tests."""
+"""``full``: the shipped files (about an hour on 2 busy CPU cores); ``tiny``: seconds, for tests."""
 
 
 @contextmanager
@@ -81,7 +101,7 @@ def _bar(total: int, desc: str) -> Iterator[Callable[[int, dict[str, float]], No
     """A tqdm bar, handed out as a ``progress(advance, postfix)`` callback."""
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=total, desc=desc, dynamic_ncols=True, leave=True)
+    bar = tqdm(total=total, desc=desc, dynamic_ncols=True, leave=True, mininterval=5.0)
 
     def progress(n: int, postfix: dict[str, float]) -> None:
         bar.update(n)
@@ -108,12 +128,19 @@ def _write_json(path: str, payload: dict[str, Any]) -> None:
     _atomic_write(path, write)
 
 
+def build_world() -> Any:
+    """The recipe's world (:data:`~streamr1.toy.WORLD`)."""
+    from streamr1.toy.world import ToyWorld
+
+    return ToyWorld(**toy.WORLD)
+
+
 def build_teacher() -> Any:
     """The recipe's exact teacher (:data:`~streamr1.toy.WORLD`) with its text encoder."""
     from streamr1.toy.teacher import MixtureTeacher
     from streamr1.toy.text import ToyTextEncoder
 
-    return MixtureTeacher(text_encoder=ToyTextEncoder(dim=toy.TEXT_DIM), text_dim=toy.TEXT_DIM, **toy.WORLD)
+    return MixtureTeacher(world=build_world(), text_encoder=ToyTextEncoder(dim=toy.TEXT_DIM))
 
 
 def build_student(path: str | None = None) -> Any:
@@ -123,114 +150,199 @@ def build_student(path: str | None = None) -> Any:
     return CausalWanDenoiser(pretrained=path, config=dict(toy.STUDENT_CONFIG), chunk_frames=toy.CHUNK_FRAMES)
 
 
-def make_student(budget: Budget, seed: int = 0) -> tuple[Any, dict[str, Any]]:
-    """Stage 1: ODE pairs from the teacher, then the student's regression. Returns the student and a summary."""
+def build_pretrained(path: str | None = None) -> Any:
+    """The recipe's bidirectional denoiser (same architecture; the critic), from ``path`` or random."""
+    from streamr1.models import WanDenoiser
+
+    return WanDenoiser(pretrained=path, config=dict(toy.STUDENT_CONFIG))
+
+
+def _levels() -> list[float]:
+    from streamr1.flow import warped_steps
+
+    return warped_steps(toy.DENOISING_STEPS, toy.SHIFT)
+
+
+def make_pretrained(budget: Budget, seed: int = 0) -> tuple[Any, dict[str, Any]]:
+    """Stage 1: the bidirectional flow-matching "pretrained video model" on the world's videos."""
+    from streamr1.toy.pretrain import pretrain_denoiser
+    from streamr1.toy.text import ToyTextEncoder
+
+    world = build_world()
+    cond = ToyTextEncoder(dim=toy.TEXT_DIM).encode(world.captions).float()
+    torch.manual_seed(seed)
+    model = build_pretrained()
+    start = time.perf_counter()
+    with _bar(budget.pretrain_iterations, "pretraining (bidirectional flow matching)") as progress:
+        losses = pretrain_denoiser(model, world.videos, cond, _levels(), budget.pretrain_iterations,
+                                   batch_size=budget.pretrain_batch, lr=budget.pretrain_lr,
+                                   chunk_frames=toy.CHUNK_FRAMES, seed=seed, progress=progress)
+    tail = losses[-min(50, len(losses)):]
+    return model, {"iterations": budget.pretrain_iterations, "batch_size": budget.pretrain_batch,
+                   "lr": budget.pretrain_lr, "caption_dropout": 0.1, "per_chunk_fraction": 0.5,
+                   "final_loss": sum(tail) / len(tail), "train_seconds": round(time.perf_counter() - start, 1),
+                   "videos": len(world), "parameters": sum(p.numel() for p in model.parameters())}
+
+
+def make_student(budget: Budget, pretrained_path: str | None, seed: int = 0) -> tuple[Any, dict[str, Any]]:
+    """Stage 2: the causal student from the pretrained weights, teacher-forcing flow matching, then ODE regression
+    on the exact teacher's causal guided ODE. Returns the student and a summary."""
     from streamr1.toy.ode import make_ode_pairs, train_ode_student
-    from streamr1.toy.world import ToyWorld
+    from streamr1.toy.pretrain import train_causal_flow
 
     teacher = build_teacher()
-    prompts = [p for p in ToyWorld.cell_prompts() for _ in range(budget.ode_per_prompt)]
-    start = time.perf_counter()
-    with _bar(len(prompts), "teacher ODE trajectories") as progress:
-        pairs = make_ode_pairs(teacher, teacher.text_encoder, prompts, toy.LATENT_SHAPE,
-                               guidance_scale=toy.GUIDANCE_SCALE, shift=toy.SHIFT, num_steps=budget.ode_steps,
-                               denoising_steps=toy.DENOISING_STEPS, batch_size=96, seed=seed,
-                               causal_chunk_frames=toy.CHUNK_FRAMES, progress=progress)
-    ode_seconds = time.perf_counter() - start
+    world = teacher.world
     torch.manual_seed(seed)
-    student = build_student()
-    start = time.perf_counter()
-    with _bar(budget.student_iterations, "student ODE regression") as progress:
-        losses = train_ode_student(student, pairs, teacher.text_encoder, budget.student_iterations,
-                                   batch_size=budget.student_batch, lr=budget.student_lr, seed=seed,
-                                   progress=progress)
-    tail = losses[-min(50, len(losses)):]
-    summary = {
-        "trajectories": len(pairs), "ode_euler_steps": budget.ode_steps, "ode_seconds": round(ode_seconds, 1),
-        "iterations": budget.student_iterations, "batch_size": budget.student_batch, "lr": budget.student_lr,
-        "final_loss": sum(tail) / len(tail), "train_seconds": round(time.perf_counter() - start, 1),
-        "parameters": sum(p.numel() for p in student.parameters()), "config": dict(toy.STUDENT_CONFIG),
-        "chunk_frames": toy.CHUNK_FRAMES,
-    }
+    student = build_student(pretrained_path)
+    summary: dict[str, Any] = {"init": "pretrained" if pretrained_path else "random", "chunk_frames": toy.CHUNK_FRAMES,
+                               "config": dict(toy.STUDENT_CONFIG),
+                               "parameters": sum(p.numel() for p in student.parameters())}
+    if budget.causal_iterations > 0:
+        cond = teacher.text_encoder.encode(world.captions).float()
+        start = time.perf_counter()
+        with _bar(budget.causal_iterations, "student teacher-forcing flow matching") as progress:
+            losses = train_causal_flow(student, world.videos, cond, _levels(), budget.causal_iterations,
+                                       batch_size=budget.student_batch, lr=budget.causal_lr, seed=seed,
+                                       progress=progress)
+        tail = losses[-min(50, len(losses)):]
+        summary["causal_flow"] = {"iterations": budget.causal_iterations, "lr": budget.causal_lr,
+                                  "final_loss": sum(tail) / len(tail),
+                                  "train_seconds": round(time.perf_counter() - start, 1)}
+    if budget.student_iterations > 0:
+        prompts = [p for p in world.train_prompts() for _ in range(budget.ode_per_prompt)]
+        start = time.perf_counter()
+        with _bar(len(prompts), "teacher ODE trajectories") as progress:
+            pairs = make_ode_pairs(teacher, teacher.text_encoder, prompts, toy.LATENT_SHAPE,
+                                   guidance_scale=toy.GUIDANCE_SCALE, shift=toy.SHIFT, num_steps=budget.ode_steps,
+                                   denoising_steps=toy.DENOISING_STEPS, batch_size=96, seed=seed,
+                                   causal_chunk_frames=toy.CHUNK_FRAMES, progress=progress)
+        ode_seconds = time.perf_counter() - start
+        start = time.perf_counter()
+        with _bar(budget.student_iterations, "student ODE regression") as progress:
+            losses = train_ode_student(student, pairs, teacher.text_encoder, budget.student_iterations,
+                                       batch_size=budget.student_batch, lr=budget.student_lr, seed=seed,
+                                       warmup=min(50, max(1, budget.student_iterations // 10)), progress=progress)
+        tail = losses[-min(50, len(losses)):]
+        summary["ode_regression"] = {
+            "trajectories": len(pairs), "ode_euler_steps": budget.ode_steps, "ode_seconds": round(ode_seconds, 1),
+            "iterations": budget.student_iterations, "batch_size": budget.student_batch, "lr": budget.student_lr,
+            "final_loss": sum(tail) / len(tail), "train_seconds": round(time.perf_counter() - start, 1)}
+    student.eval()
     return student, summary
 
 
-def save_student(student: Any, path: str) -> None:
-    """The student's transformer state dict as float16 safetensors (what ``CausalWanDenoiser(pretrained=...)`` reads
-    together with :data:`~streamr1.toy.STUDENT_CONFIG`)."""
+def save_transformer(model: Any, path: str, fmt: str) -> None:
+    """A Wan model's transformer state dict as float16 safetensors (what ``CausalWanDenoiser(pretrained=...)`` and
+    ``WanDenoiser(pretrained=...)`` read together with :data:`~streamr1.toy.STUDENT_CONFIG`)."""
     from safetensors.torch import save_file
 
-    state = {k: v.detach().cpu().half().contiguous() for k, v in student.transformer.state_dict().items()}
-    _atomic_write(path, lambda tmp: save_file(state, tmp, metadata={"format": "streamr1.toy.student"}))
+    state = {k: v.detach().cpu().half().contiguous() for k, v in model.transformer.state_dict().items()}
+    _atomic_write(path, lambda tmp: save_file(state, tmp, metadata={"format": fmt}))
 
 
-def make_reward(budget: Budget, seed: int = 0) -> tuple[Any, dict[str, Any]]:
-    """Stage 2: train the toy reward and measure its Spearman correlation with the oracle (held-out renders)."""
-    from streamr1.toy.reward import TOY_REWARD_CONFIG, reward_oracle_spearman, toy_reward, train_toy_reward
+def save_student(student: Any, path: str) -> None:
+    """:func:`save_transformer` for the student."""
+    save_transformer(student, path, "streamr1.toy.student")
 
-    reward = toy_reward(seed=seed)
+
+def sample_rollouts(student: Any, repeats: int, seed: int) -> tuple[torch.Tensor, list[str]]:
+    """``repeats`` few-step samples of ``student`` per world caption, from noise seeded with ``seed``."""
+    from streamr1.toy.evaluation import eval_prompts, sample_student
+    from streamr1.toy.text import ToyTextEncoder
+
+    prompts = eval_prompts(repeats)
+    video = sample_student(student, ToyTextEncoder(dim=toy.TEXT_DIM), prompts, toy.LATENT_SHAPE, _levels(),
+                           seed=seed)
+    return video, prompts
+
+
+def make_reward(budget: Budget, student: Any, seed: int = 0) -> tuple[Any, dict[str, Any]]:
+    """Stage 3: train the toy reward on the world's renders and the student's rollouts; measure its Spearman
+    correlation with the oracle on held-out renders and held-out rollouts."""
+    from streamr1.toy.reward import reward_oracle_spearman, rollout_examples, toy_reward, train_toy_reward
+
+    world = build_world()
+    repeats = max(1, budget.reward_rollouts // len(world.train_prompts()))
+    video, prompts = sample_rollouts(student, repeats, seed=seed + 77)
+    rollouts = rollout_examples(video, prompts)
+    held_video, held_prompts = sample_rollouts(student, max(1, budget.spearman_renders // len(world.train_prompts())),
+                                               seed=seed + 20_077)
+    reward = toy_reward(seed=seed, size=world.size)
     start = time.perf_counter()
     with _bar(budget.reward_iterations, "reward training") as progress:
         history = train_toy_reward(reward, budget.reward_iterations, batch_size=budget.reward_batch,
-                                   lr=budget.reward_lr, pool_size=budget.reward_pool, seed=seed, progress=progress)
+                                   lr=budget.reward_lr, pool_size=budget.reward_pool, seed=seed, world=world,
+                                   extra=rollouts, progress=progress)
     train_seconds = time.perf_counter() - start
-    rho = reward_oracle_spearman(reward, num=budget.spearman_renders)
-    rho_aug = reward_oracle_spearman(reward, num=budget.spearman_renders, augment=True, seed=20_000)
+    rho = reward_oracle_spearman(reward, num=budget.spearman_renders, world=world)
+    rho_rollouts = reward_oracle_spearman(reward, examples=rollout_examples(held_video, held_prompts))
     summary = {
-        "config": TOY_REWARD_CONFIG, "parameters": sum(p.numel() for p in reward.parameters()),
+        "config": reward.config().get("model_config"), "parameters": sum(p.numel() for p in reward.parameters()),
         "iterations": budget.reward_iterations, "batch_size": budget.reward_batch, "pool": budget.reward_pool,
-        "lr": budget.reward_lr, "train_seconds": round(train_seconds, 1),
+        "rollouts": int(video.shape[0]), "lr": budget.reward_lr, "train_seconds": round(train_seconds, 1),
         "final_loss": history[-1]["loss"] if history else None,
-        "spearman": rho, "spearman_student_like": rho_aug,
+        "spearman": rho, "spearman_student_rollouts": rho_rollouts, "held_out_rollouts": int(held_video.shape[0]),
     }
     return reward, summary
 
 
 def calibrate_reward(reward: Any, student: Any, budget: Budget, seed: int = 0) -> tuple[dict[str, Any], dict]:
-    """Stage 3: the reward's per-axis statistics over the student's rollouts, and the student's oracle numbers."""
-    from streamr1.flow import warped_steps
-    from streamr1.rewards.normalization import calibrate_from_videos
-    from streamr1.toy.evaluation import eval_prompts, evaluate_videos, sample_student
+    """Stage 4: the reward's per-axis statistics over the student's rollouts, and the student's init check."""
+    from streamr1.rewards.calibration import calibrate_from_videos
+    from streamr1.toy.init_check import check_student
     from streamr1.toy.text import ToyTextEncoder
-    from streamr1.toy.world import ToyWorld
 
-    prompts = eval_prompts(budget.calibration_repeats)
-    video = sample_student(student, ToyTextEncoder(dim=toy.TEXT_DIM), prompts, toy.LATENT_SHAPE,
-                           warped_steps(toy.DENOISING_STEPS, toy.SHIFT), seed=seed + 1)
+    video, prompts = sample_rollouts(student, budget.calibration_repeats, seed=seed + 1)
     stats = calibrate_from_videos(reward, zip(video, prompts, strict=True), batch_size=64)
-    numbers = evaluate_videos(video, prompts, ToyWorld(**toy.WORLD), reward)
+    numbers = check_student(student, build_world(), ToyTextEncoder(dim=toy.TEXT_DIM), _levels(),
+                            repeats=budget.calibration_repeats, seed=seed)
     return stats, numbers
 
 
-def make_assets(output: str, budget: Budget, seed: int = 0, stages: Sequence[str] = ("student", "reward")) -> dict:
-    """Run the stages and write every file into ``output``; returns the manifest (also ``toy_assets.json``)."""
+def make_assets(output: str, budget: Budget, seed: int = 0, stages: Sequence[str] = STAGES) -> dict:
+    """Run the stages and write every file into ``output``; returns the manifest (also ``toy_assets.json``).
+
+    Stages not listed are read from ``output`` (a later stage uses an earlier one's file)."""
     from streamr1.toy.reward import save_compact, toy_reward
 
+    unknown = set(stages) - set(STAGES)
+    if unknown:
+        raise ValueError(f"Unknown stages {sorted(unknown)}: choose among {STAGES}.")
     os.makedirs(output, exist_ok=True)
     manifest_path = os.path.join(output, MANIFEST_FILE)
     manifest: dict[str, Any] = {}
     if os.path.isfile(manifest_path):
         with open(manifest_path, encoding="utf-8") as fh:
             manifest = json.load(fh)
-    manifest.update({"command": "python -m streamr1.toy.assets", "seed": seed, "budget": asdict(budget),
+    manifest.pop("student_seconds", None)
+    manifest.update({"command": "python -m streamr1.toy.assets --output src/streamr1/assets"
+                     + ("" if tuple(stages) == STAGES else " --stages " + " ".join(stages)),
+                     "seed": seed, "budget": asdict(budget), "world": dict(toy.WORLD),
                      "torch": torch.__version__, "threads": torch.get_num_threads()})
     start = time.perf_counter()
-    student_path, reward_path = os.path.join(output, STUDENT_FILE), os.path.join(output, REWARD_FILE)
+    paths = {name: os.path.join(output, f) for name, f in
+             (("pretrained", PRETRAINED_FILE), ("student", STUDENT_FILE), ("reward", REWARD_FILE))}
+    if "pretrained" in stages:
+        model, manifest["pretrained"] = make_pretrained(budget, seed)
+        save_transformer(model, paths["pretrained"], "streamr1.toy.pretrained")
     if "student" in stages:
-        student, manifest["student"] = make_student(budget, seed)
-        save_student(student, student_path)
+        init = paths["pretrained"] if os.path.isfile(paths["pretrained"]) else None
+        student, manifest["student"] = make_student(budget, init, seed)
+        save_student(student, paths["student"])
     else:
-        student = build_student(student_path)
+        student = build_student(paths["student"])
     if "reward" in stages:
-        reward, manifest["reward"] = make_reward(budget, seed)
-        _atomic_write(reward_path, lambda tmp: save_compact(reward, tmp))
+        reward, manifest["reward"] = make_reward(budget, student, seed)
+        _atomic_write(paths["reward"], lambda tmp: save_compact(reward, tmp))
         _write_json(os.path.join(output, SPEARMAN_FILE),
                     {"spearman_reward_vs_oracle": manifest["reward"]["spearman"],
-                     "spearman_student_like_renders": manifest["reward"]["spearman_student_like"],
+                     "spearman_student_rollouts": manifest["reward"]["spearman_student_rollouts"],
                      "renders": budget.spearman_renders,
-                     "note": "held-out renders, all quality modes uniformly; reward raw score vs oracle score"})
+                     "rollouts": manifest["reward"]["held_out_rollouts"],
+                     "note": "reward raw score vs oracle score; held-out renders of the world's captions (all "
+                             "quality modes uniformly) and held-out few-step samples of the shipped initial student"})
     else:
-        reward = toy_reward(reward_path)
+        reward = toy_reward(paths["reward"])
     stats, numbers = calibrate_reward(reward, student, budget, seed)
     _write_json(os.path.join(output, STATS_FILE), stats)
     manifest["initial_student"] = numbers
@@ -244,23 +356,26 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", default="src/streamr1/assets", help="folder to write the files into")
     parser.add_argument("--budget", choices=sorted(BUDGETS), default="full", help="work per stage (tiny: tests)")
-    parser.add_argument("--stages", nargs="+", choices=["student", "reward"], default=["student", "reward"],
+    parser.add_argument("--stages", nargs="+", choices=list(STAGES), default=list(STAGES),
                         help="stages to (re)make; the others are read from --output (statistics are always redone)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--pretrain-iterations", type=int, help="override the budget's pretraining steps")
+    parser.add_argument("--causal-iterations", type=int, help="override the budget's teacher-forcing steps")
     parser.add_argument("--student-iterations", type=int, help="override the budget's ODE-regression steps")
     parser.add_argument("--reward-iterations", type=int, help="override the budget's reward training steps")
     args = parser.parse_args(argv)
     budget = replace(BUDGETS[args.budget])  # a copy: the overrides must not change the module's presets
-    if args.student_iterations is not None:
-        budget.student_iterations = args.student_iterations
-    if args.reward_iterations is not None:
-        budget.reward_iterations = args.reward_iterations
+    for name in ("pretrain_iterations", "causal_iterations", "student_iterations", "reward_iterations"):
+        if getattr(args, name) is not None:
+            setattr(budget, name, getattr(args, name))
     manifest = make_assets(args.output, budget, args.seed, args.stages)
-    if "reward" in manifest:
-        rho = manifest["reward"]["spearman"]
-        print("[streamr1] reward vs oracle, Spearman on held-out renders: "
-              + ", ".join(f"{a} {v:+.3f}" for a, v in rho.items()))
-    print(f"[streamr1] initial student: {json.dumps(manifest['initial_student'])}")
+    if "reward" in args.stages:
+        for key in ("spearman", "spearman_student_rollouts"):
+            rho = manifest["reward"][key]
+            print(f"[streamr1] reward vs oracle, {key}: " + ", ".join(f"{a} {v:+.3f}" for a, v in rho.items()))
+    from streamr1.toy.init_check import format_report
+
+    print("[streamr1] initial student:\n" + format_report(manifest["initial_student"]))
     print(f"[streamr1] wrote {args.output} in {manifest['seconds']:.0f} s")
     return manifest
 
