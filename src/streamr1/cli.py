@@ -220,7 +220,7 @@ class StreamR1CLI(LightningCLI):
         from lightning.pytorch.callbacks import BasePredictionWriter
         from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-        from streamr1.sampling import load_student
+        from streamr1.export import load_student
 
         if ckpt_path == "last":
             ckpt_path = self._last_checkpoint()
@@ -228,7 +228,7 @@ class StreamR1CLI(LightningCLI):
             rank_zero_warn("`streamr1 predict` has no --ckpt_path: sampling with the recipe's initial student weights "
                            "(pass --ckpt_path <file>.ckpt, a sharded checkpoint folder, or `last`).")
         else:
-            which = load_student(model, str(ckpt_path))
+            which = "EMA" if load_student(model, str(ckpt_path))["ema"] else "trained"
             rank_zero_info(f"[streamr1] sampling with the {which} student weights of {ckpt_path}; latent_shape "
                            f"{list(getattr(model, 'latent_shape', []))}")
         if not any(isinstance(cb, BasePredictionWriter) for cb in self.trainer.callbacks):

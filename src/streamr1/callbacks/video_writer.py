@@ -1,4 +1,4 @@
-"""Writes ``streamr1 predict`` outputs as mp4 files and reports the generation speed."""
+"""Writes ``streamr1 predict`` outputs as mp4 files as they are made, and reports the generation speed."""
 
 from __future__ import annotations
 
@@ -22,23 +22,32 @@ def _slug(text: str, n: int = 48) -> str:
 class VideoWriter(BasePredictionWriter):
     """Saves each predicted video as ``{output_dir}/{index:05d}_r{rank}_{prompt}.mp4`` and a ``speed_r{rank}.json``.
 
+    Each batch's videos are written in ``on_predict_batch_end`` (``write_interval="batch"``), as soon as they are
+    generated, and ``streamr1 predict`` runs with ``return_predictions=False``: nothing accumulates in memory.
     Each mp4 gets a sidecar ``.txt`` with its full prompt, so the folder is a
     :class:`~streamr1.data.videos.VideoFolderDataset` as it is: ``streamr1 calibrate --video_dir`` and the toy
     evaluation (``python -m streamr1.toy.evaluation <folder>``) read it directly.
 
+    The CLI builds it from the top-level ``video:`` key; each recipe sets ``fps`` to its model's frame rate.
+
     Args:
-        output_dir: folder for the videos.
-        fps: frame rate written into the files.
+        output_dir: folder for the videos; ``None``: write nothing (the CLI then adds no writer and warns).
+        fps: frame rate written into the files: the model's (Wan2.1 generates 16 fps video; the toy world 8).
 
     Example::
 
-        streamr1 predict --config configs/quickstart.yaml --ckpt_path last.ckpt \\
-            --trainer.callbacks+=streamr1.callbacks.video_writer.VideoWriter --trainer.callbacks.output_dir videos
+        streamr1 predict --config configs/wan2.1_t2v.yaml --ckpt_path last --video.output_dir videos
+
+    .. code-block:: yaml
+
+        video: {fps: 16}    # in the recipe: the model's frame rate
     """
 
-    def __init__(self, output_dir: str = "videos", fps: int = 8) -> None:
+    def __init__(self, output_dir: str | None = None, fps: int = 16) -> None:
         super().__init__(write_interval="batch")
-        self.output_dir, self.fps = output_dir, fps
+        if fps <= 0:
+            raise ValueError(f"video.fps must be > 0, got {fps}.")
+        self.output_dir, self.fps = output_dir, int(fps)
         self.frames = 0
         self.seconds = 0.0
         self.paths: list[str] = []
@@ -49,6 +58,8 @@ class VideoWriter(BasePredictionWriter):
                            dataloader_idx: int) -> None:
         from streamr1.data.videos import write_video
 
+        if self.output_dir is None:
+            return
         os.makedirs(self.output_dir, exist_ok=True)
         video, prompts = prediction["video"], prediction["prompts"]
         index = prediction.get("index")
@@ -64,6 +75,9 @@ class VideoWriter(BasePredictionWriter):
 
     @override
     def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.output_dir is None:
+            return
+        os.makedirs(self.output_dir, exist_ok=True)
         fps = self.frames / max(self.seconds, 1e-9)
         summary = {"videos": len(self.paths), "frames": self.frames, "seconds": self.seconds, "frames_per_second": fps}
         path = os.path.join(self.output_dir, f"speed_r{trainer.global_rank}.json")

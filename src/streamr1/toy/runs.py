@@ -1,8 +1,8 @@
 """Running the toy recipe in-process through the real CLI (``streamr1.cli.main``), shared by the demo and the table.
 
 Both ``make demo`` and ``make bench-quality`` run exactly what a user types
-(``streamr1 fit --config configs/quickstart.yaml --config callbacks/<stack>.yaml ...``), in the current process, so
-the composed YAML, the callbacks and the checkpoints are the real ones.
+(``streamr1 fit --config configs/quickstart.yaml --config callbacks/<stack>.yaml --config configs/rewards/toy.yaml
+...``), in the current process, so the composed YAML, the callbacks and the checkpoints are the real ones.
 """
 
 from __future__ import annotations
@@ -16,6 +16,11 @@ from streamr1.assets import resolve
 
 RECIPE = "configs/quickstart.yaml"
 """The toy recipe, relative to the repository root."""
+
+REWARDS = {"oracle_reliability": "toy_oracle"}
+"""The reward fragment (``configs/rewards/<name>.yaml``) of a stack, where it is not the toy reward."""
+
+_REWARD_CONSUMERS = ("ReliabilityWeighting", "SaliencyWeighting", "AdaptiveAxisBalancing")
 
 
 def repo_path(rel: str) -> str:
@@ -44,11 +49,27 @@ def check_assets() -> None:
                                 "with `make toy-assets` (python -m streamr1.toy.assets --output src/streamr1/assets).")
 
 
+def reward_fragment(stack: str | None) -> str | None:
+    """The reward fragment a toy run of ``stack`` layers (``configs/rewards/toy.yaml``; the oracle's for
+    ``oracle_reliability``), or ``None`` when the stack weights by no reward (``dmd``, the recipe alone)."""
+    if stack is None:
+        return None
+    import yaml
+
+    with open(repo_path(f"callbacks/{stack}.yaml"), encoding="utf-8") as fh:
+        callbacks = (yaml.safe_load(fh).get("trainer") or {}).get("callbacks") or []
+    if not any(str(cb.get("class_path", "")).endswith(_REWARD_CONSUMERS) for cb in callbacks):
+        return None
+    return f"configs/rewards/{REWARDS.get(stack, 'toy')}.yaml"
+
+
 def fit(stack: str | None, save_dir: str, name: str, extra: Sequence[str] = ()) -> Any:
-    """``streamr1 fit --config configs/quickstart.yaml [--config callbacks/<stack>.yaml] ...`` in-process.
+    """``streamr1 fit --config configs/quickstart.yaml [--config callbacks/<stack>.yaml --config <reward>] ...``
+    in-process.
 
     Args:
         stack: a callback stack from ``callbacks/`` (file stem, e.g. ``stream_r1``), or ``None`` (the recipe's own).
+            A stack that weights by a reward gets its reward fragment (:func:`reward_fragment`) after it.
         save_dir, name: the TensorBoard logger's folder and run name.
         extra: further command-line arguments (they come last, so they win).
 
@@ -60,6 +81,9 @@ def fit(stack: str | None, save_dir: str, name: str, extra: Sequence[str] = ()) 
     args = ["fit", "--config", repo_path(RECIPE)]
     if stack is not None:
         args += ["--config", repo_path(f"callbacks/{stack}.yaml")]
+    reward = reward_fragment(stack)
+    if reward is not None:
+        args += ["--config", repo_path(reward)]
     args += ["--trainer.logger.init_args.save_dir", save_dir, "--trainer.logger.init_args.name", name, *extra]
     return main(args)
 
