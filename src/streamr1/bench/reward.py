@@ -39,9 +39,10 @@ SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start
                   "<|image_pad|>", "<|video_pad|>", "<|VQ_reward|>", "<|MQ_reward|>", "<|TA_reward|>"]
 
 
-def byte_tokenizer() -> Any:
-    """A byte-level BPE tokenizer with no merges (one token a byte) and Qwen2-VL's special tokens plus the three
-    reward tokens, built offline. Stands in for Qwen2's tokenizer in tests and the benchmark."""
+def byte_tokenizer(reward_tokens: bool = True) -> Any:
+    """A byte-level BPE tokenizer with no merges (one token a byte) and Qwen2-VL's special tokens, plus the three
+    reward tokens unless ``reward_tokens`` is False (a base Qwen2-VL's tokenizer), built offline. Stands in for
+    Qwen2's tokenizer in tests and the benchmark."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
@@ -49,8 +50,9 @@ def byte_tokenizer() -> Any:
     tk = Tokenizer(models.BPE(vocab={c: i for i, c in enumerate(alphabet)}, merges=[]))
     tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tk.decoder = decoders.ByteLevel()
+    extra = SPECIAL_TOKENS[1:] if reward_tokens else SPECIAL_TOKENS[1:-3]
     return PreTrainedTokenizerFast(tokenizer_object=tk, pad_token=SPECIAL_TOKENS[0], eos_token="<|im_end|>",
-                                   additional_special_tokens=SPECIAL_TOKENS[1:], padding_side="right")
+                                   additional_special_tokens=extra, padding_side="right")
 
 
 def random_qwen2vl(tokenizer: Any, *, text: dict[str, int] | None = None, vision: dict[str, int] | None = None,
@@ -68,9 +70,10 @@ def random_qwen2vl(tokenizer: Any, *, text: dict[str, int] | None = None, vision
     section = [head_dim // 2 - 2 * quarter, quarter, quarter]
     vision = {"embed_dim": 32, "hidden_size": text["hidden_size"], "num_heads": 4, "mlp_ratio": 2, "depth": 2,
               **(vision or {})}
-    ids = dict(zip(SPECIAL_TOKENS, tokenizer.convert_tokens_to_ids(SPECIAL_TOKENS), strict=True))
+    ids = dict(zip(SPECIAL_TOKENS[:7], tokenizer.convert_tokens_to_ids(SPECIAL_TOKENS[:7]), strict=True))
     config = Qwen2VLConfig(
-        text_config={**text, "vocab_size": len(tokenizer), "rope_parameters": {"rope_type": "default",
+        text_config={**text, "vocab_size": len(tokenizer), "bos_token_id": ids["<|endoftext|>"],
+                     "eos_token_id": ids["<|im_end|>"], "rope_parameters": {"rope_type": "default",
                                                                                 "rope_theta": 1e6,
                                                                                 "mrope_section": section}},
         vision_config={**vision, "patch_size": 14, "temporal_patch_size": 2, "spatial_merge_size": 2,
