@@ -24,7 +24,7 @@ def self_forcing_rollout(
     steps: Sequence[float],
     exit_index: int,
     grad: bool = True,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | Sequence[torch.Generator] | None = None,
     on_chunk: Callable[[int, Tensor], None] | None = None,
 ) -> Tensor:
     """Roll the student out over a whole video.
@@ -37,7 +37,9 @@ def self_forcing_rollout(
         exit_index: the step whose ``x0`` is the chunk's output (``len(steps) - 1`` = full sampling). Must be the
             same on every rank (draw it on rank 0 and broadcast).
         grad: run the exit step with grad (a student turn) or not (a critic turn, sampling).
-        generator: for the re-noising noise (per-rank randomness that does not change control flow).
+        generator: for the re-noising noise (per-rank randomness that does not change control flow); or a list of
+            ``B`` generators, one a sample, so that each sample's noise does not depend on the batch it is in
+            (evaluation: a video is a function of its own seeds).
         on_chunk: called with ``(chunk_index, x0_chunk)`` as each chunk finishes (streaming consumers, timing).
 
     Returns:
@@ -58,8 +60,12 @@ def self_forcing_rollout(
             with torch.enable_grad() if (last and grad) else torch.no_grad():
                 x0 = student.chunk_x0(x_t, t, cond, cache)
             if not last:
-                gen_device = generator.device if generator is not None else x0.device
-                fresh = torch.randn(x0.shape, generator=generator, device=gen_device, dtype=x0.dtype)
+                if isinstance(generator, (list, tuple)):
+                    fresh = torch.stack([torch.randn(x0.shape[1:], generator=g, device=g.device, dtype=x0.dtype)
+                                         for g in generator])
+                else:
+                    gen_device = generator.device if generator is not None else x0.device
+                    fresh = torch.randn(x0.shape, generator=generator, device=gen_device, dtype=x0.dtype)
                 x_t = add_noise(x0, fresh.to(x0.device), torch.full((b,), float(steps[i + 1]), device=noise.device))
         with torch.no_grad():
             student.chunk_x0(x0.detach(), torch.zeros(b, device=noise.device), cond, cache, write=True)

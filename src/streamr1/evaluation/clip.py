@@ -74,7 +74,7 @@ class OpenCLIPProcessorAdapter:
 
 
 def open_clip_for_torchmetrics(model_name: str | None = None, pretrained: str | None = None,
-                               model_config: dict[str, Any] | None = None
+                               model_config: dict[str, Any] | None = None, seed: int = 0
                                ) -> tuple[OpenCLIPModelAdapter, OpenCLIPProcessorAdapter]:
     """``(model, processor)`` for ``torchmetrics`` CLIP score from a local open_clip model (nothing downloaded).
 
@@ -82,6 +82,7 @@ def open_clip_for_torchmetrics(model_name: str | None = None, pretrained: str | 
         model_name: an open_clip architecture (``"ViT-B-32"``, ``"ViT-L-14"``), with ``pretrained`` a local file.
         pretrained: local weights file, or ``local-dir:/folder`` (open_clip_config.json + weights); ``None`` random.
         model_config: an open_clip config dict instead of ``model_name`` (tiny random models in tests).
+        seed: seed of a random initialisation (no ``pretrained``): the same model in every run and on every rank.
     """
     from open_clip.model import get_model_preprocess_cfg
 
@@ -95,7 +96,9 @@ def open_clip_for_torchmetrics(model_name: str | None = None, pretrained: str | 
     if local_dir is not None and cfg is None:
         cfg = dict(_local_dir_config(local_dir)["model_cfg"])
     tokenizer = _make_tokenizer(model_name, cfg, local_dir)
-    clip = OpenCLIPVideoReward._build_clip(model_name, model_config, pretrained).eval().requires_grad_(False)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        clip = OpenCLIPVideoReward._build_clip(model_name, model_config, pretrained).eval().requires_grad_(False)
     pp = get_model_preprocess_cfg(clip)
     size = pp.get("size", getattr(clip.visual, "image_size", 224))
     size = (int(size), int(size)) if isinstance(size, int) else tuple(int(s) for s in size)[-2:]

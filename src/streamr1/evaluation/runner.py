@@ -114,17 +114,21 @@ def device_name(device: torch.device) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- the run
-def _noise(items: Sequence[VideoItem], latent_shape: Sequence[int]) -> Tensor:
-    """``[B, F, C, H, W]``: each video's own noise from its seed (CPU generator: the same on every device)."""
-    return torch.stack([torch.randn(*latent_shape, generator=torch.Generator().manual_seed(it.seed))
-                        for it in items])
-
-
 @torch.no_grad()
-def _generate(module: Any, items: Sequence[VideoItem]) -> Tensor:
-    """Pixels ``[B, T, 3, H, W]`` in ``[-1, 1]`` of ``items`` (text encoding, sampling, VAE decode)."""
-    noise = _noise(items, module.latent_shape).to(module.device)
-    latents = module.sample([it.generate_from for it in items], noise=noise)
+def sample_items(module: Any, items: Sequence[VideoItem]) -> Tensor:
+    """Pixels ``[B, T, 3, H, W]`` in ``[-1, 1]`` of ``items``: text encoding, sampling, VAE decode.
+
+    All of a video's randomness comes from its own seed: a CPU ``torch.Generator`` seeded with ``item.seed`` draws
+    the initial noise ``[F, C, H, W]`` and then, in order, every re-noising draw of the few-step sampler (one a chunk
+    and step; :func:`~streamr1.rollout.generate` with one generator a sample). So a video does not depend on the
+    batch it is in, the rank that makes it, or the device.
+    """
+    from streamr1.rollout import generate
+
+    gens = [torch.Generator().manual_seed(it.seed) for it in items]
+    noise = torch.stack([torch.randn(*module.latent_shape, generator=g) for g in gens]).to(module.device)
+    cond = module.encode_prompts([it.generate_from for it in items])
+    latents = generate(module.student, noise, cond, module.steps, generator=gens)
     return module.decode(latents).clamp(-1, 1)
 
 
@@ -217,12 +221,12 @@ def evaluate(
     shape: list[int] | None = None
     if todo:
         for _ in range(warmup_batches):
-            _generate(module, [items[i] for i in todo[0]])
+            sample_items(module, [items[i] for i in todo[0]])
         for b in todo:
             batch = [items[i] for i in b]
             _sync(device)
             start = time.perf_counter()
-            video = _generate(module, batch)
+            video = sample_items(module, batch)
             _sync(device)
             timing.append((video.shape[0] * video.shape[1], time.perf_counter() - start))
             shape = list(video.shape[1:])
