@@ -2,13 +2,15 @@
 
 - :class:`UMT5TextEncoder`: Wan's encoder (UMT5-XXL through ``transformers``), from a local folder.
 - :class:`HashTextEncoder`: a tiny deterministic encoder for tests and quick runs (no weights).
-- :class:`CachedTextEncoder`: wraps any encoder and memoises embeddings of a fixed prompt list.
+- :class:`CachedTextEncoder`: wraps any encoder and memoises embeddings, bounded (LRU by entries and bytes).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
+from collections import OrderedDict
 from collections.abc import Sequence
 
 import torch
@@ -48,15 +50,22 @@ class HashTextEncoder(nn.Module):
 class UMT5TextEncoder(nn.Module):
     """Wan's UMT5 text encoder from a local folder (``text_encoder`` + ``tokenizer`` of a Wan diffusers pipeline).
 
+    Encoding follows diffusers' ``WanPipeline._get_t5_prompt_embeds`` (and Wan's own ``T5EncoderModel``): whitespace
+    collapsed, tokens padded to ``max_length`` with special tokens, the encoder's last hidden state, zero past each
+    prompt's length.
+
     Args:
-        pretrained: the pipeline folder (or a folder holding the encoder directly).
-        max_length: tokens per prompt (512 for Wan); padding positions are zeroed as Wan does.
-        dtype: ``"bfloat16"`` (default, as Wan) or ``"float32"``.
+        pretrained: the pipeline folder (with ``text_encoder/`` and ``tokenizer/``), or one folder holding both.
+        max_length: tokens per prompt (512 for Wan).
+        torch_dtype: parameter dtype, ``bfloat16`` (default, as Wan ships it: UMT5-XXL's 5.7 B parameters are
+            11.4 GB in bf16) or ``float32``. Loaded straight into that dtype (transformers builds on the meta device).
     """
 
-    def __init__(self, pretrained: str, max_length: int = 512, dtype: str = "bfloat16") -> None:
+    def __init__(self, pretrained: str, max_length: int = 512, torch_dtype: str = "bfloat16") -> None:
         super().__init__()
         from transformers import AutoTokenizer, UMT5EncoderModel
+
+        from streamr1.models.wan_weights import parse_dtype
 
         if not os.path.isdir(pretrained):
             raise FileNotFoundError(
@@ -67,15 +76,26 @@ class UMT5TextEncoder(nn.Module):
         tok_dir = os.path.join(pretrained, "tokenizer")
         enc_dir = enc_dir if os.path.isdir(enc_dir) else pretrained
         tok_dir = tok_dir if os.path.isdir(tok_dir) else pretrained
+        for d, what in ((enc_dir, "config.json"), (tok_dir, "tokenizer_config.json")):
+            if not os.path.isfile(os.path.join(d, what)):
+                raise FileNotFoundError(
+                    f"{d} has no {what}: `pretrained` must be a Wan diffusers folder (text_encoder/, tokenizer/) or a "
+                    "folder saved with save_pretrained holding the UMT5 encoder and its tokenizer."
+                )
         self.tokenizer = AutoTokenizer.from_pretrained(tok_dir, local_files_only=True)
-        self.model = UMT5EncoderModel.from_pretrained(enc_dir, torch_dtype=getattr(torch, dtype), local_files_only=True)
+        self.model = UMT5EncoderModel.from_pretrained(enc_dir, dtype=parse_dtype(torch_dtype), local_files_only=True)
         self.model.requires_grad_(False).eval()
         self.max_length = max_length
 
+    @property
+    def dim(self) -> int:
+        return int(self.model.config.d_model)
+
     @torch.no_grad()
     def encode(self, prompts: Sequence[str]) -> Tensor:
-        """``[B, max_length, 4096]`` embeddings, zero past each prompt's length."""
-        tok = self.tokenizer(list(prompts), padding="max_length", max_length=self.max_length, truncation=True,
+        """``[B, max_length, d_model]`` embeddings (4096 for UMT5-XXL), zero past each prompt's length."""
+        prompts = [re.sub(r"\s+", " ", p).strip() for p in prompts]
+        tok = self.tokenizer(prompts, padding="max_length", max_length=self.max_length, truncation=True,
                              add_special_tokens=True, return_attention_mask=True, return_tensors="pt")
         device = next(self.model.parameters()).device
         ids, mask = tok.input_ids.to(device), tok.attention_mask.to(device)
@@ -84,29 +104,79 @@ class UMT5TextEncoder(nn.Module):
 
 
 class CachedTextEncoder(nn.Module):
-    """Memoise another encoder's embeddings per prompt (on the CPU): a fixed prompt list is encoded once.
+    """Memoise another encoder's embeddings per prompt on the CPU, least recently used dropped first.
+
+    The cache is bounded by entries and by bytes, whichever binds first (a UMT5 embedding is 512 x 4096 values:
+    4 MiB in bf16). All-zero trailing rows (padding, which UMT5TextEncoder zeroes) are not stored and are put back on
+    the way out, so a prompt of ~80 tokens costs ~0.6 MiB, and what comes out is bit-identical to the encoder's
+    output. With a prompt list of thousands, the default (256 MiB) keeps the prompts that repeat (the negative
+    prompt on every guided step, the validation prompts) and lets the rest pass through.
 
     Args:
         encoder: the encoder to wrap.
-        max_entries: entries kept; the oldest are dropped past it.
+        max_entries: prompts kept at most (``None``: no count limit).
+        max_bytes: bytes kept at most (``None``: no byte limit; ``0`` turns the cache off).
     """
 
-    def __init__(self, encoder: nn.Module, max_entries: int = 100_000) -> None:
+    def __init__(self, encoder: nn.Module, max_entries: int | None = None, max_bytes: int | None = 256 * 2**20) -> None:
         super().__init__()
+        if (max_entries is not None and max_entries < 0) or (max_bytes is not None and max_bytes < 0):
+            raise ValueError(f"max_entries and max_bytes must be >= 0 or None, got {max_entries}, {max_bytes}.")
         self.encoder = encoder
         self.max_entries = max_entries
-        self._cache: dict[str, Tensor] = {}  # not a buffer: never checkpointed, rebuilt on demand
+        self.max_bytes = max_bytes
+        self._cache: OrderedDict[str, tuple[Tensor, int]] = OrderedDict()  # not a buffer: never checkpointed
+        self.nbytes = 0
+        self.hits = self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._cache)
+
+    @staticmethod
+    def _trim(e: Tensor) -> Tensor:
+        """Drop trailing rows of ``e`` ``[L, D]`` that are all zero."""
+        if e.ndim < 2:
+            return e
+        nonzero = e.flatten(1).ne(0).any(dim=1).nonzero()
+        keep = int(nonzero[-1]) + 1 if len(nonzero) else 0
+        return e[:keep].clone()
+
+    def _get(self, prompt: str) -> Tensor:
+        stored, length = self._cache[prompt]
+        self._cache.move_to_end(prompt)
+        if stored.shape[0] == length:
+            return stored
+        return torch.cat([stored, stored.new_zeros(length - stored.shape[0], *stored.shape[1:])])
+
+    def _put(self, prompt: str, e: Tensor) -> None:
+        if self.max_bytes == 0 or self.max_entries == 0:
+            return
+        stored = self._trim(e.detach().cpu())
+        size = stored.numel() * stored.element_size()
+        if self.max_bytes is not None and size > self.max_bytes:
+            return
+        self._cache[prompt] = (stored, e.shape[0])
+        self.nbytes += size
+        while (self.max_entries is not None and len(self._cache) > self.max_entries) or (
+            self.max_bytes is not None and self.nbytes > self.max_bytes
+        ):
+            _, (old, _) = self._cache.popitem(last=False)
+            self.nbytes -= old.numel() * old.element_size()
 
     @torch.no_grad()
     def encode(self, prompts: Sequence[str]) -> Tensor:
+        prompts = list(prompts)
         missing = [p for p in dict.fromkeys(prompts) if p not in self._cache]
+        fresh: dict[str, Tensor] = {}
         if missing:
             emb = self.encoder.encode(missing)
-            for p, e in zip(missing, emb, strict=True):
-                self._cache[p] = e.detach().cpu()
-            while len(self._cache) > self.max_entries:
-                self._cache.pop(next(iter(self._cache)))
-        return torch.stack([self._cache[p] for p in prompts])
+            fresh = {p: e.detach().cpu() for p, e in zip(missing, emb, strict=True)}
+        self.misses += len(missing)
+        self.hits += len(prompts) - sum(prompts.count(p) for p in missing)
+        out = [fresh[p] if p in fresh else self._get(p) for p in prompts]
+        for p, e in fresh.items():
+            self._put(p, e)
+        return torch.stack(out)
 
     @property
     def dim(self) -> int:

@@ -38,25 +38,31 @@ class WanVAE(nn.Module):
     Args:
         pretrained: a local folder (a Wan pipeline folder with ``vae/``, or the VAE folder itself).
         config: ``AutoencoderKLWan`` arguments for a random (tiny) VAE, used when ``pretrained`` is unset.
-        dtype: parameter dtype.
+        torch_dtype: parameter dtype; ``float32`` by default (Wan's pipelines keep the VAE in float32: 127 M
+            parameters, 0.5 GB), ``bfloat16`` halves it. Loaded straight into that dtype.
     """
 
     def __init__(
-        self, pretrained: str | None = None, config: dict[str, Any] | None = None, dtype: str = "float32"
+        self, pretrained: str | None = None, config: dict[str, Any] | None = None, torch_dtype: str = "float32"
     ) -> None:
         super().__init__()
         from diffusers import AutoencoderKLWan
 
+        from streamr1.models.wan_weights import parse_dtype
+
+        dtype = parse_dtype(torch_dtype)
         if pretrained is not None:
             if not os.path.isdir(pretrained):
                 raise FileNotFoundError(
                     f"Wan VAE folder not found at {pretrained!r}: set `vae.init_args.pretrained` to a local folder."
                 )
             sub = "vae" if os.path.isdir(os.path.join(pretrained, "vae")) else None
-            self.vae = AutoencoderKLWan.from_pretrained(pretrained, subfolder=sub, torch_dtype=getattr(torch, dtype),
+            self.vae = AutoencoderKLWan.from_pretrained(pretrained, subfolder=sub, torch_dtype=dtype,
                                                         local_files_only=True)
         elif config is not None:
-            self.vae = AutoencoderKLWan(**config).to(getattr(torch, dtype))
+            self.vae = AutoencoderKLWan(**config)
+            if dtype is not None:
+                self.vae.to(dtype)
         else:
             raise ValueError("WanVAE needs `pretrained` (a local folder) or `config` (a dict).")
         self.vae.requires_grad_(False).eval()
@@ -67,8 +73,9 @@ class WanVAE(nn.Module):
         self.register_buffer("latents_mean", mean.view(1, 1, zdim, 1, 1), persistent=False)
         self.register_buffer("latents_std", std.view(1, 1, zdim, 1, 1), persistent=False)
         self.latent_channels = zdim
-        self.temporal_compression = 4
-        self.spatial_compression = int(2 ** (len(cfg.dim_mult) - 1)) if hasattr(cfg, "dim_mult") else 8
+        # one 2x time step per True in temperal_downsample (Wan: [False, True, True] -> 4), 2x space per level
+        self.temporal_compression = int(2 ** sum(bool(d) for d in cfg.temperal_downsample))
+        self.spatial_compression = int(2 ** (len(cfg.dim_mult) - 1))
 
     def encode(self, video: Tensor) -> Tensor:
         """``[B, T, 3, H, W]`` -> ``[B, F, C, h, w]`` normalised latents (posterior mean)."""

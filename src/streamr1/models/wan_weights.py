@@ -306,7 +306,7 @@ def check_fits(ckpt: WanCheckpoint, config: dict[str, Any], model: torch.nn.Modu
     except ValueError:
         hint = ""
     raise ValueError(
-        f"{ckpt.label} ({ckpt.note}) does not fit the architecture in `config`: " + "; ".join(parts) + "." + hint +
+        f"{ckpt.label} ({ckpt.note}) does not match the given `config`: " + "; ".join(parts) + "." + hint +
         " Fix: set `config` to the checkpoint's architecture (or remove `config` to read it from the file), or point "
         "`pretrained` at the checkpoint made for this architecture."
     )
