@@ -194,3 +194,23 @@ def test_clip_score_equals_torchmetrics_clipscore_on_the_same_frames():
     frames = ((video + 1) * 127.5).round().flatten(0, 1)
     reference.update(list(frames), [p for p in prompts for _ in range(3)])
     assert float(ours.compute()) == pytest.approx(float(reference.compute()), abs=1e-4)
+
+
+def test_toy_world_oracle_metrics_are_reported(tmp_path):
+    """The quickstart recipe's evaluator (ToyOracleMetrics) scores the written files like any evaluator."""
+    from streamr1.toy.metrics import METRIC_NAMES, ToyOracleMetrics
+    from streamr1.toy.world import ToyWorld
+
+    world = ToyWorld(num_videos=96, seed=5)
+    module = tiny_module(frames=8, size=32)
+    module.evaluator = ToyOracleMetrics(world=world)
+    prompts = ToyWorld.cell_prompts()[:2]
+    summary = evaluate(module, str(tmp_path / "toy"), prompts, num_samples=1, batch_size=2)
+    assert summary["evaluator"]["name"] == "ToyOracleMetrics"
+    assert set(summary["evaluator"]) - {"name"} == set(METRIC_NAMES)
+    files = [r["file"] for r in summary["videos"]]
+    video = torch.stack([read_video(str(tmp_path / "toy" / "videos" / f)) for f in files])
+    reference = ToyOracleMetrics(world=world)
+    reference.update(video, [r["prompt"] for r in summary["videos"]])
+    for k, v in reference.compute().items():
+        assert summary["evaluator"][k] == pytest.approx(float(v), abs=1e-5), k
