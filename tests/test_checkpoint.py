@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import glob
 import os
+import warnings
 
 import lightning.pytorch as pl
 import pytest
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 import streamr1.module as module_lib
 from streamr1.callbacks.ema import StudentEMA
@@ -18,11 +19,30 @@ from streamr1.models import CausalWanDenoiser, HashTextEncoder, IdentityVAE, Wan
 from streamr1.module import DMDModule
 from tests.helpers import WAN_TINY, LossRecorder, tiny_module
 
-# One prompt: PromptDataModule's loader is not resumable, so a mid-epoch resume restarts the prompt order (Lightning
-# warns); with one prompt every order is the same and the test isolates what the checkpoint itself restores.
-PROMPTS = ["a red circle moving left"]
+# Seven prompts, shuffled, 8 a epoch in batches of 2: cycles 0-3 are epoch 0, cycles 4-5 epoch 1 (pass 0 of the
+# prompt stream ends inside batch 3). A resume must continue the prompt stream where the checkpoint left it.
+PROMPTS = [f"a {c} {s} moving {d}" for c, s, d in [("red", "circle", "left"), ("blue", "square", "up"),
+                                                   ("green", "triangle", "right"), ("yellow", "star", "down"),
+                                                   ("white", "circle", "up"), ("black", "square", "left"),
+                                                   ("purple", "star", "right")]]
 CKPT_STEP = 5  # global_step after cycle index 2 with student_every=2: 3 critic + 2 student steps
 MAX_STEPS = 9  # 6 cycles: 6 critic + 3 student steps
+STEPS_AFTER_CYCLE = [2, 3, 5, 6, 8, 9]  # global_step after cycles 0..5: c + 1 critic + c // 2 + 1 student steps
+
+
+def _data(prompts=PROMPTS, batch_size=2, **kw) -> PromptDataModule:
+    kw.setdefault("samples_per_epoch", 8)
+    return PromptDataModule(prompts=prompts, batch_size=batch_size, seed=1, **kw)
+
+
+class PromptLog(Callback):
+    """The prompts of every training batch, in order."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[str]] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.batches.append(list(batch["prompt"]))
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -58,23 +78,23 @@ def _trainer(root, callbacks, max_steps=MAX_STEPS, **kw) -> pl.Trainer:
                       plugins=[AtomicCheckpointIO()], callbacks=callbacks, **kw)
 
 
-def _run(root, ckpt_path=None, save=False, scramble=False):
+def _run(root, ckpt_path=None, save=False, scramble=False, every=CKPT_STEP, log=None):
     pl.seed_everything(123)
     m, rec, ema = _module(0), LossRecorder(), StudentEMA(decay=0.5)
     if scramble:  # other student and critic weights (the frozen teacher reloads from its own weights, not these)
         with torch.no_grad():
             for p in [*m.student.parameters(), *m.critic.parameters()]:
                 p.add_(torch.randn_like(p))
-    callbacks = [rec, ema]
+    callbacks = [rec, ema] + ([log] if log is not None else [])
     if save:
-        callbacks.append(ModelCheckpoint(dirpath=str(root), every_n_train_steps=CKPT_STEP, save_top_k=-1))
+        callbacks.append(ModelCheckpoint(dirpath=str(root), every_n_train_steps=every, save_top_k=-1))
     trainer = _trainer(root, callbacks, enable_checkpointing=save)
-    trainer.fit(m, datamodule=PromptDataModule(prompts=PROMPTS, batch_size=2), ckpt_path=ckpt_path)
+    trainer.fit(m, datamodule=_data(), ckpt_path=ckpt_path)
     return m, rec, ema, trainer
 
 
-def _ckpt(root) -> str:
-    (path,) = glob.glob(os.path.join(str(root), f"*step={CKPT_STEP}.ckpt"))
+def _ckpt(root, step=CKPT_STEP) -> str:
+    (path,) = glob.glob(os.path.join(str(root), f"*step={step}.ckpt"))
     return path
 
 
@@ -110,6 +130,44 @@ def test_resume_gives_the_same_losses_and_weights_as_the_uninterrupted_run(tmp_p
             assert torch.equal(va, vb), k
     assert full_ema.shadow.keys() == res_ema.shadow.keys()
     assert all(torch.equal(full_ema.shadow[k], res_ema.shadow[k]) for k in full_ema.shadow)
+
+
+def test_resume_from_every_step_continues_the_prompt_stream(tmp_path, deterministic):
+    """Checkpoints after every cycle (mid-epoch, the epoch's last batch, inside epoch 1): each resumed run trains on
+    exactly the batches, prompts and losses of the uninterrupted run from there on, and Lightning does not warn that
+    the loader is not resumable."""
+    full_log = PromptLog()
+    _, full_rec, _, _ = _run(tmp_path / "full", save=True, every=1, log=full_log)
+    assert len(full_log.batches) == 6
+    stream = [p for b in full_log.batches for p in b]
+    assert sorted(stream[:7]) == sorted(PROMPTS)  # the first pass of the shuffled stream covers the list
+    assert stream[:7] != PROMPTS
+    for cycle, step in enumerate(STEPS_AFTER_CYCLE[:-1]):
+        log = PromptLog()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            _, rec, _, tr = _run(tmp_path / f"resumed{step}", ckpt_path=_ckpt(tmp_path / "full", step), log=log)
+        assert log.batches == full_log.batches[cycle + 1:], step
+        assert rec.losses == [e for e in full_rec.losses if e[1] > cycle], step
+        assert tr.global_step == MAX_STEPS
+        assert not [w for w in caught if "not resumable" in str(w.message)], step
+    state = torch.load(_ckpt(tmp_path / "full", 5), weights_only=True)["loops"]["fit_loop"]["state_dict"]
+    assert state["combined_loader"] == [{"epoch": 0, "batches": 3, "batch_size": 2, "num_replicas": 1,
+                                         "num_prompts": 7, "seed": 1}]
+
+
+def test_without_the_loader_state_a_resume_replays_the_first_prompts(tmp_path, deterministic, monkeypatch):
+    """Control for the test above: a loader that ignores its saved position starts the epoch over."""
+    from streamr1.data.prompts import ResumablePromptLoader
+
+    full_log = PromptLog()
+    _run(tmp_path / "full", save=True, log=full_log)
+    monkeypatch.setattr(ResumablePromptLoader, "load_state_dict", lambda self, state: None)
+    log = PromptLog()
+    _run(tmp_path / "resumed", ckpt_path=_ckpt(tmp_path / "full"), log=log)
+    # the rest of epoch 0 (one batch by Lightning's count) is the epoch's first batch again, not its fourth
+    assert log.batches[0] == full_log.batches[0] != full_log.batches[3]
+    assert log.batches != full_log.batches[3:]
 
 
 def test_resume_without_the_rng_state_would_draw_other_noise(tmp_path, deterministic, monkeypatch):

@@ -137,6 +137,11 @@ class ResumablePromptLoader(DataLoader):
     sampler: PromptStreamSampler
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        sampler = kwargs.get("sampler")
+        # A DataLoader draws its workers' base seed at every iterator creation, from the global torch RNG unless it
+        # has a generator; that would shift the training noise stream at each epoch start, and a run resumed at an
+        # epoch boundary (whose RNG state was saved before that draw) would draw other noise than the uninterrupted run.
+        kwargs.setdefault("generator", torch.Generator().manual_seed(getattr(sampler, "seed", 0)))
         super().__init__(*args, **kwargs)
         if not isinstance(self.sampler, PromptStreamSampler):
             raise TypeError("ResumablePromptLoader needs `sampler=PromptStreamSampler(...)`.")
@@ -261,9 +266,10 @@ class PromptDataModule(pl.LightningDataModule):
         return int(kwargs.get("num_replicas", 1)), int(kwargs.get("rank", 0))
 
     def _loader(self, ds: Dataset, shuffle: bool) -> DataLoader:
+        # own generator: creating the iterator must not draw from the global RNG (see ResumablePromptLoader)
         gen = torch.Generator().manual_seed(self.seed)
         return DataLoader(ds, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
-                          generator=gen if shuffle else None, collate_fn=collate_prompts)
+                          generator=gen, collate_fn=collate_prompts)
 
     def train_dataloader(self) -> DataLoader:
         replicas, rank = self._replicas()
