@@ -36,7 +36,8 @@ trainer:
     - class_path: lightning.pytorch.callbacks.ModelCheckpoint
       init_args: {{dirpath: {root / "ckpt"}, save_last: true, save_top_k: 0}}
 model:
-  student_every: 4
+  dmd:
+    student_every: 4
 """)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # module-scoped: runs before the function-scoped one_thread

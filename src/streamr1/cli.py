@@ -119,8 +119,8 @@ class StreamR1CLI(LightningCLI):
 
     - ``reward:`` the :class:`~streamr1.rewards.service.RewardService` (``model`` + ``normalization``), from a reward
       fragment (``configs/rewards/*.yaml``) or the recipe; ``null`` (default) is plain DMD. Appended to the
-      trainer's callbacks, so a stack's ``trainer.callbacks`` list cannot drop it. Not built by ``predict``,
-      ``export`` or ``evaluate``.
+      trainer's callbacks, so a stack's ``trainer.callbacks`` list cannot drop it. Not built by ``predict`` or
+      ``export``.
     - ``checkpoint:`` the :class:`~streamr1.callbacks.run_checkpoint.RunCheckpoint` every ``fit`` appends
       (``last.ckpt`` and a periodic checkpoint every ``every_n_train_steps``); off only with
       ``trainer.enable_checkpointing: false``.
@@ -163,8 +163,8 @@ class StreamR1CLI(LightningCLI):
         if sub in SAMPLING_COMMANDS:
             from streamr1.sampling import skip_training_models
 
-            skip_training_models(cfg["model"], sub)
-            if sub != "calibrate":
+            skip_training_models(cfg["model"], sub, drop_evaluator=sub in ("predict", "export"))
+            if sub in ("predict", "export"):  # calibrate and evaluate score with the reward
                 cfg["reward"] = None
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:

@@ -44,12 +44,14 @@ class NotLoaded(nn.Module):
         """Accept and ignore this model's entries of a checkpoint (``nn.Module``'s would call them unexpected)."""
 
 
-def skip_training_models(model_config: Any, command: str) -> list[str]:
-    """Replace the teacher, the critic and the evaluator of a parsed ``model`` config with stand-ins, in place.
+def skip_training_models(model_config: Any, command: str, drop_evaluator: bool = True) -> list[str]:
+    """Replace the teacher and the critic of a parsed ``model`` config with stand-ins, and drop its evaluator, in
+    place.
 
     Args:
         model_config: the ``model`` namespace of the parsed config (jsonargparse ``Namespace``).
         command: the running subcommand (named in :class:`NotLoaded`'s error).
+        drop_evaluator: set ``evaluator`` to ``None`` (``predict`` and ``export`` never call it; ``evaluate`` does).
 
     Returns:
         The keys replaced.
@@ -61,7 +63,7 @@ def skip_training_models(model_config: Any, command: str) -> list[str]:
         if role in model_config and model_config[role] is not None:
             model_config[role] = Namespace(class_path=NOT_LOADED, init_args=Namespace(role=role, command=command))
             replaced.append(role)
-    if "evaluator" in model_config and model_config["evaluator"] is not None:
+    if drop_evaluator and "evaluator" in model_config and model_config["evaluator"] is not None:
         model_config["evaluator"] = None
         replaced.append("evaluator")
     return replaced

@@ -6,9 +6,12 @@ import glob
 import json
 import os
 
+import av
 import pytest
+import torch
 
 from streamr1.cli import main
+from streamr1.sampling import NotLoaded
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = os.path.join(ROOT, "configs", "tiny_random.yaml")
@@ -46,19 +49,48 @@ def test_unknown_config_key_fails_and_names_it(tmp_path, capsys):
     assert "studnet_every" in capsys.readouterr().err
 
 
-def test_fit_then_predict_writes_videos_and_reports_fps(tmp_path, capsys):
+def test_predict_samples_the_checkpoints_student_at_the_command_lines_shape_and_streams_videos(tmp_path, capsys):
     runs = str(tmp_path / "runs")
-    main(["fit", "--config", TINY, "--trainer.logger.init_args.save_dir", runs, "--trainer.max_steps", "2",
-          "--trainer.enable_checkpointing", "true", "--trainer.default_root_dir", runs])
-    ckpts = glob.glob(os.path.join(runs, "**", "*.ckpt"), recursive=True)
-    assert ckpts, "fit wrote no checkpoint"
+    main(["fit", "--config", TINY, "--config", os.path.join(ROOT, "callbacks", "dmd.yaml"),  # dmd: a StudentEMA
+          "--trainer.logger.init_args.save_dir", runs, "--trainer.max_steps", "2",
+          "--trainer.enable_checkpointing", "true", "--trainer.enable_progress_bar", "false"])
+    (last,) = glob.glob(os.path.join(runs, "**", "last.ckpt"), recursive=True)
     vids = str(tmp_path / "videos")
-    main(["predict", "--config", TINY, "--ckpt_path", ckpts[0], "--trainer.logger", "false",
-          "--trainer.default_root_dir", str(tmp_path),
-          "--trainer.callbacks+=streamr1.callbacks.video_writer.VideoWriter",
-          "--trainer.callbacks.output_dir", vids])
-    mp4s = glob.glob(os.path.join(vids, "*.mp4"))
-    assert len(mp4s) == 3  # the 3 inline prompts (validation prompts default to the first num_val=4)
+    # the same fragments as a Stream-R1 fit (stack + reward): predict builds neither the reward nor teacher/critic
+    cli = main(["predict", "--config", TINY, "--config", os.path.join(ROOT, "callbacks", "stream_r1.yaml"),
+                "--config", os.path.join(ROOT, "configs", "rewards", "toy.yaml"),
+                "--trainer.logger.init_args.save_dir", runs, "--ckpt_path", "last",  # the newest last.ckpt of the run
+                "--model.latent_shape", "[6, 3, 8, 8]",  # the checkpoint was trained at [4, 3, 16, 16]
+                "--model.student.init_args.local_window_frames", "4", "--model.student.init_args.sink_frames", "2",
+                "--video.output_dir", vids, "--video.fps", "5", "--trainer.enable_progress_bar", "false"])
+    m = cli.model
+    assert isinstance(m.teacher, NotLoaded) and isinstance(m.critic, NotLoaded)
+    assert not [cb for cb in cli.trainer.callbacks if type(cb).__name__ in ("RewardService", "RunCheckpoint")]
+    assert m.latent_shape == (6, 3, 8, 8) and torch.load(last, weights_only=True)["streamr1"]["latent_shape"] == [
+        4, 3, 16, 16]
+    assert (m.student.causal.local_window_frames, m.student.causal.sink_frames) == (4, 2)
+    ckpt = torch.load(last, weights_only=True)
+    (ema,) = [v["shadow"] for k, v in ckpt["callbacks"].items() if k.startswith("StudentEMA")]
+    assert all(torch.equal(m.student.state_dict()[k], v) for k, v in ema.items())  # the EMA weights are sampled
+    assert cli.trainer.predict_loop.return_predictions is False  # nothing kept in memory
+    mp4s = sorted(glob.glob(os.path.join(vids, "*.mp4")))
+    assert len(mp4s) == 3  # the 3 inline prompts
+    with av.open(mp4s[0]) as container:
+        stream = container.streams.video[0]
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
+        assert stream.average_rate == 5
+    assert len(frames) == 6 and frames[0].shape == (8, 8, 3)
     speed = json.load(open(os.path.join(vids, "speed_r0.json")))
-    assert speed["frames"] == 3 * 4 and speed["frames_per_second"] > 0
-    assert "frames/s" in capsys.readouterr().out
+    assert speed["frames"] == 3 * 6 and speed["frames_per_second"] > 0
+    out = capsys.readouterr().out
+    assert "frames/s" in out
+
+
+def test_predict_warns_without_a_checkpoint_and_without_a_writer(tmp_path):
+    with pytest.warns(UserWarning) as record:
+        main(["predict", "--config", TINY, "--trainer.logger", "false", "--trainer.default_root_dir", str(tmp_path),
+              "--trainer.enable_progress_bar", "false"])
+    messages = [str(w.message) for w in record]
+    assert any("has no --ckpt_path: sampling with the recipe's initial student weights" in m for m in messages)
+    assert any("writes nothing: no video writer is configured. Pass --video.output_dir" in m for m in messages)
+    assert not glob.glob(str(tmp_path / "**" / "*.mp4"), recursive=True)

@@ -1,7 +1,7 @@
 """The toy recipe (configs/quickstart.yaml) composes with every callback stack in callbacks/ and trains.
 
 Each stack runs two student turns through the real CLI (``streamr1 fit --config configs/quickstart.yaml --config
-callbacks/<stack>.yaml``) on the shipped toy student and toy reward.
+callbacks/<stack>.yaml --config configs/rewards/toy.yaml``) on the shipped toy student and toy reward.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import yaml
 
 from streamr1 import toy
 from streamr1.cli import main
-from streamr1.toy.runs import check_assets
+from streamr1.toy.runs import check_assets, reward_fragment
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 RECIPE = os.path.join(ROOT, "configs", "quickstart.yaml")
@@ -49,8 +49,11 @@ def test_there_is_a_stack_for_every_row_of_the_table():
 
 @pytest.mark.parametrize("stack", STACKS)
 def test_each_stack_composes_with_the_recipe_and_runs_two_student_turns(stack, tmp_path):
+    reward = reward_fragment(stack)  # the toy reward (the oracle for oracle_reliability); none for dmd
+    assert (reward is None) == (stack == "dmd")
     cli = main([
         "fit", "--config", RECIPE, "--config", os.path.join(ROOT, "callbacks", f"{stack}.yaml"),
+        *(["--config", os.path.join(ROOT, reward)] if reward else []),
         "--model.dmd.student_every", "1", "--trainer.max_steps", "4",  # 2 cycles: critic + student each
         "--trainer.limit_val_batches", "0", "--trainer.enable_progress_bar", "false",
         "--trainer.default_root_dir", str(tmp_path), "--trainer.logger.init_args.save_dir", str(tmp_path),
@@ -59,7 +62,7 @@ def test_each_stack_composes_with_the_recipe_and_runs_two_student_turns(stack, t
     m = cli.model
     assert (m.student_steps, m.critic_steps) == (2, 2)
     names = {type(cb).__name__ for cb in cli.trainer.callbacks}
-    assert "StudentEMA" in names
+    assert "StudentEMA" in names and "RunCheckpoint" in names  # no stack drops the checkpoint
     if stack == "dmd":
         assert not names & WEIGHTING and "RewardService" not in names
     else:

@@ -52,7 +52,7 @@ def test_calibrate_reads_the_folder_through_the_cli(folder, tmp_path):
 
     out = tmp_path / "stats.json"
     main(["calibrate", "--config", os.path.join(ROOT, "configs", "quickstart.yaml"),
-          "--config", os.path.join(ROOT, "callbacks", "stream_r1.yaml"), "--trainer.logger", "false",
+          "--config", os.path.join(ROOT, "configs", "rewards", "toy.yaml"), "--trainer.logger", "false",
           "--video_dir", str(folder), "--output", str(out)])
     stats = read_stats(out)
     # the same files decoded the same way, scored by the same reward: mean and unbiased std (RewardStatistics)

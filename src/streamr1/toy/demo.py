@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from streamr1 import toy
-from streamr1.toy.runs import RECIPE, check_assets, find_callback, fit, repo_path
+from streamr1.toy.runs import RECIPE, check_assets, find_callback, fit, repo_path, reward_fragment
 
 ROWS: tuple[tuple[str, str, str], ...] = (
     ("good_fraction", "oracle good-mode fraction", "higher"),
@@ -121,8 +121,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
              "--trainer.default_root_dir", out, "--seed_everything", str(args.seed),
              "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
              "--trainer.callbacks.dirpath", os.path.join(out, "checkpoints"), "--trainer.callbacks.save_last", "true"]
+    reward_config = reward_fragment(args.stack)
     command = (f"streamr1 fit --config {RECIPE} --config callbacks/{args.stack}.yaml "
-               + " ".join(extra).replace(out, args.output))
+               + (f"--config {reward_config} " if reward_config else "") + " ".join(extra).replace(out, args.output))
     print(f"[demo] {command}")
     start = time.perf_counter()
     cli = fit(args.stack, out, "tensorboard", extra)
@@ -141,8 +142,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     from streamr1.cli import main as cli_main
 
     cli_main(["predict", "--config", repo_path(RECIPE), "--ckpt_path", ckpt, "--trainer.logger", "false",
-              "--trainer.default_root_dir", out, "--trainer.callbacks+=streamr1.callbacks.video_writer.VideoWriter",
-              "--trainer.callbacks.output_dir", videos, "--data.init_args.val_batch_size", "16"])
+              "--trainer.default_root_dir", out, "--video.output_dir", videos,  # at the recipe's video.fps
+              "--data.init_args.val_batch_size", "16"])
 
     info = {"command": command, "fit_seconds": fit_seconds, "student_steps": int(module.student_steps),
             "critic_steps": int(module.critic_steps), "samples": len(prompts), "repeats": args.repeats,
