@@ -1,7 +1,8 @@
 """VideoAlignReward: VideoReward's Qwen2-VL reward, differentiable from the pixels (SPEC.md §4.6, issue 11).
 
-Everything runs on a tiny random Qwen2-VL built offline (transformers 5), with a byte-level tokenizer that has
-Qwen2-VL's special tokens; the "published" VideoReward folder is written here in transformers 4.45's key layout.
+Everything runs on a tiny random Qwen2-VL built offline (transformers 5), with a word-level tokenizer over the
+prompt template that has Qwen2-VL's special tokens; the "published" VideoReward folder is written here in
+transformers 4.45's key layout.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import pytest
 import safetensors.torch
 import torch
 
-from streamr1.bench.reward import byte_tokenizer, random_qwen2vl
+from streamr1.bench.reward import random_qwen2vl, word_tokenizer
 from streamr1.rewards.videoalign import (
     CHAT_PREFIX,
     CHAT_SUFFIX,
@@ -37,9 +38,13 @@ PROMPTS = ["a red fox runs through snow", "two cats"]
 STATS = {"VQ_mean": 3.1, "VQ_std": 2.2, "MQ_mean": 1.2, "MQ_std": 1.4, "TA_mean": 2.8, "TA_std": 2.5}
 
 
+def _tokenizer(reward_tokens: bool = True):
+    return word_tokenizer([CHAT_PREFIX, CHAT_SUFFIX, DETAILED_SPECIAL_PROMPT, *PROMPTS], reward_tokens=reward_tokens)
+
+
 @pytest.fixture(scope="module")
 def tok():
-    return byte_tokenizer()
+    return _tokenizer()
 
 
 @pytest.fixture(scope="module")
@@ -155,7 +160,7 @@ def test_bad_input_is_refused(reward, tok):
     with pytest.raises(ValueError, match="multiples of 28"):
         VideoAlignReward.from_parts(reward.model, tok, reward.rm_head, size=(50, 84))
     with pytest.raises(ValueError, match="reward tokens"):
-        VideoAlignReward.from_parts(reward.model, byte_tokenizer(reward_tokens=False), reward.rm_head)
+        VideoAlignReward.from_parts(reward.model, _tokenizer(reward_tokens=False), reward.rm_head)
 
 
 # ---------------------------------------------------------------------------------------------------- loading
@@ -170,7 +175,7 @@ def _write_videoreward(root, seed=0):
     reward built in memory from the same weights, with the LoRA unmerged)."""
     from peft import LoraConfig, get_peft_model
 
-    base_tok = byte_tokenizer(reward_tokens=False)
+    base_tok = _tokenizer(reward_tokens=False)
     base = random_qwen2vl(base_tok, seed=seed)
     base_dir = os.path.join(root, "Qwen2-VL-tiny")
     base.save_pretrained(base_dir)

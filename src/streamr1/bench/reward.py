@@ -18,17 +18,20 @@ of a forked child per run), and the ratios. Both schemes' saliency are checked e
 from __future__ import annotations
 
 import argparse
-import gc
+import json
 import os
-import statistics
-import time
+import sys
 from collections.abc import Callable, Sequence
+from dataclasses import asdict
 from typing import Any
 
-import torch
-from torch import Tensor
+os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # torch.profiler's C++ logger: keep the table readable
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from streamr1.protocols import AXES
+import torch  # noqa: E402
+from torch import Tensor  # noqa: E402
+
+from streamr1.protocols import AXES  # noqa: E402
 
 QWEN2VL_2B_TEXT = {"hidden_size": 1536, "intermediate_size": 8960, "num_attention_heads": 12,
                    "num_key_value_heads": 2, "num_hidden_layers": 28}
@@ -37,22 +40,6 @@ QWEN2VL_2B_VISION = {"embed_dim": 1280, "hidden_size": 1536, "num_heads": 16, "m
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
                   "<|image_pad|>", "<|video_pad|>", "<|VQ_reward|>", "<|MQ_reward|>", "<|TA_reward|>"]
-
-
-def byte_tokenizer(reward_tokens: bool = True) -> Any:
-    """A byte-level BPE tokenizer with no merges (one token a byte) and Qwen2-VL's special tokens, plus the three
-    reward tokens unless ``reward_tokens`` is False (a base Qwen2-VL's tokenizer), built offline. Stands in for
-    Qwen2's tokenizer in tests and the benchmark."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    tk = Tokenizer(models.BPE(vocab={c: i for i, c in enumerate(alphabet)}, merges=[]))
-    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    tk.decoder = decoders.ByteLevel()
-    extra = SPECIAL_TOKENS[1:] if reward_tokens else SPECIAL_TOKENS[1:-3]
-    return PreTrainedTokenizerFast(tokenizer_object=tk, pad_token=SPECIAL_TOKENS[0], eos_token="<|im_end|>",
-                                   additional_special_tokens=extra, padding_side="right")
 
 
 def random_qwen2vl(tokenizer: Any, *, text: dict[str, int] | None = None, vision: dict[str, int] | None = None,
@@ -85,3 +72,207 @@ def random_qwen2vl(tokenizer: Any, *, text: dict[str, int] | None = None, vision
     torch.manual_seed(seed)
     model = Qwen2VLForConditionalGeneration(config).to(dtype)
     return model.eval()
+
+
+def word_tokenizer(texts: Sequence[str], reward_tokens: bool = True) -> Any:
+    """A word-level tokenizer over the words of ``texts`` (byte-level pre-tokenisation, as Qwen2's BPE splits
+    words) with Qwen2-VL's special tokens, plus the three reward tokens unless ``reward_tokens`` is False (a base
+    Qwen2-VL's tokenizer), built offline; it stands in for Qwen2's BPE tokenizer in tests and the benchmark. The
+    prompt's token count is of the order of a BPE tokenizer's (VideoAlign's detailed prompt in the chat wrapper:
+    about 830 tokens; one token a byte would give about 3,100). Unknown words map to ``<unk>``."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    pre = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    words: dict[str, int] = {"<unk>": 0}
+    for text in texts:
+        for piece in (p for part in _split_special(text) for p, _ in pre.pre_tokenize_str(part)):
+            words.setdefault(piece, len(words))
+    tk = Tokenizer(models.WordLevel(vocab=words, unk_token="<unk>"))
+    tk.pre_tokenizer = pre
+    tk.decoder = decoders.ByteLevel()
+    extra = SPECIAL_TOKENS[1:] if reward_tokens else SPECIAL_TOKENS[1:-3]
+    return PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", pad_token=SPECIAL_TOKENS[0],
+                                   eos_token="<|im_end|>", additional_special_tokens=extra, padding_side="right")
+
+
+def _split_special(text: str) -> list[str]:
+    import re
+
+    return [p for p in re.split("|".join(re.escape(t) for t in SPECIAL_TOKENS), text) if p]
+
+
+def random_videoalign(*, layers: int = 2, vision_layers: int = 2, size: tuple[int, int] = (112, 196),
+                      tiny: bool = False, prompts: Sequence[str] = (), dtype: torch.dtype = torch.float32,
+                      device: str | torch.device = "cpu", seed: int = 0) -> Any:
+    """A random-weight :class:`~streamr1.rewards.videoalign.VideoAlignReward` at Qwen2-VL-2B's widths with ``layers``
+    language-model and ``vision_layers`` vision-tower layers (``tiny``: hidden 32 instead), a word-level tokenizer
+    over the prompt template and ``prompts``, frames resized to ``size``."""
+    from streamr1.rewards.videoalign import CHAT_PREFIX, CHAT_SUFFIX, DETAILED_SPECIAL_PROMPT, VideoAlignReward
+
+    tok = word_tokenizer([CHAT_PREFIX, CHAT_SUFFIX, DETAILED_SPECIAL_PROMPT, *prompts])
+    text = {"num_hidden_layers": layers} if tiny else {**QWEN2VL_2B_TEXT, "num_hidden_layers": layers}
+    vision = {"depth": vision_layers} if tiny else {**QWEN2VL_2B_VISION, "depth": vision_layers}
+    model = random_qwen2vl(tok, text=text, vision=vision, seed=seed, dtype=dtype)
+    hidden = model.config.text_config.hidden_size
+    head = torch.randn(3, hidden, generator=torch.Generator().manual_seed(seed + 1)) / hidden**0.5
+    reward = VideoAlignReward.from_parts(model, tok, head.to(dtype), size=size)
+    return reward.to(device).eval().requires_grad_(False)
+
+
+def _rgb_norm(g: Tensor) -> Tensor:
+    """``[..., T, 3, H, W]`` gradient -> ``[..., T, H, W]``, its L2 norm over RGB (float32)."""
+    g = g.float()
+    return (g * g).sum(dim=-3).sqrt()
+
+
+def reference_scheme(reward: Callable[..., dict[str, Tensor]], video: Tensor,
+                     prompts: Sequence[str]) -> tuple[dict[str, Tensor], Tensor]:
+    """Stream-R1's released way (SPEC §4.5): a no-grad forward for the scores, a second forward with grad, then one
+    backward an axis (the graph retained between them). Returns raw scores ``{axis: [B]}`` and the saliency
+    ``[A, B, T, H, W]`` (``||d raw_a / d pixels||`` over RGB, each axis' scores summed over the batch)."""
+    with torch.no_grad():
+        scores = {a: s.detach().float() for a, s in reward(video, prompts).items()}
+    pixels = video.detach().requires_grad_(True)
+    with torch.enable_grad():
+        out = reward(pixels, prompts)
+        maps = []
+        for i, a in enumerate(AXES):
+            (g,) = torch.autograd.grad(out[a].sum(), pixels, retain_graph=i < len(AXES) - 1)
+            maps.append(_rgb_norm(g))
+    return scores, torch.stack(maps)
+
+
+def service_scheme(service: Any, video: Tensor, prompts: Sequence[str]) -> tuple[dict[str, Tensor], Tensor]:
+    """Ours: :meth:`RewardService.score <streamr1.rewards.service.RewardService.score>` with saliency, one forward
+    with grad and one batched backward over the axes. Takes ``video`` in ``[0, 1]`` like the reference (the service
+    wants ``[-1, 1]``); same returns as :func:`reference_scheme`."""
+    result = service.score(video * 2.0 - 1.0, prompts, saliency=True)
+    return dict(result.raw), torch.stack([result.saliency[a] for a in AXES])
+
+
+def make_service(reward: Any, device: torch.device) -> Any:
+    """A :class:`~streamr1.rewards.service.RewardService` around ``reward`` on ``device`` (no normalisation)."""
+    import warnings
+
+    from streamr1.rewards.service import RewardService
+
+    service = RewardService(model=reward, normalization=None, keep_pixels=False, saliency=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        service.prepare(device)
+    return service
+
+
+def section_reward(*, layers: int = 2, vision_layers: int = 2, frames: int = 81, size: tuple[int, int] = (112, 196),
+                   input_size: tuple[int, int] | None = None, batch: int = 1, repeats: int = 3, tiny: bool = False,
+                   device: str = "cpu", dtype: torch.dtype = torch.float32, seed: int = 0) -> tuple[list[Any], dict]:
+    """Time and peak memory of the reference scheme against ours on one random video; rows for the table and the
+    settings actually used. The saliency of the two is compared (max relative difference)."""
+    from streamr1.bench.measure import Row, interleaved, pair_ratios, peak_memory, spread
+
+    dev = torch.device(device)
+    prompts = [f"a corgi surfing a wave at sunset, take {i}" for i in range(batch)]
+    reward = random_videoalign(layers=layers, vision_layers=vision_layers, size=size, tiny=tiny, prompts=prompts,
+                               dtype=dtype, device=dev, seed=seed)
+    service = make_service(reward, dev)
+    if input_size is None:  # like Wan's 480x832 -> 336x588: the resize runs in the graph
+        input_size = (round(size[0] * 480 / 336), round(size[1] * 832 / 588))
+    video = torch.rand(batch, frames, 3, *input_size, generator=torch.Generator().manual_seed(seed)).to(dev)
+
+    scored = reward.scored_frames(frames)
+    t, h, w = len(scored) // 2, size[0] // 14, size[1] // 14
+    video_tokens = t * h * w // 4
+    n_tokens = int(reward.build_inputs(prompts, video_tokens, torch.device("cpu"))["attention_mask"].sum(1).max())
+    cfg = reward._qwen().config
+    settings = {
+        "lm": f"hidden {cfg.text_config.hidden_size}, {cfg.text_config.num_attention_heads} heads, "
+              f"{cfg.text_config.num_key_value_heads} kv heads, MLP {cfg.text_config.intermediate_size}, "
+              f"{layers} layers (2B: 28)",
+        "vision": f"embed {cfg.vision_config.embed_dim}, {cfg.vision_config.num_heads} heads, {vision_layers} layers "
+                  f"(2B: 32)",
+        "video": f"{batch} x {frames} frames {input_size[0]}x{input_size[1]} -> {len(scored)} scored at "
+                 f"{size[0]}x{size[1]}",
+        "tokens": f"{t * h * w} patches, {video_tokens} video + {n_tokens - video_tokens} text tokens a sample",
+        "device": str(dev), "dtype": str(dtype).replace("torch.", ""), "threads": torch.get_num_threads(),
+        "repeats": repeats,
+    }
+
+    ref_scores, ref_sal = reference_scheme(reward, video, prompts)
+    f0, b0 = service.forward_calls, service.backward_calls
+    our_scores, our_sal = service_scheme(service, video, prompts)
+    calls = (service.forward_calls - f0, service.backward_calls - b0)
+    scale = float(ref_sal.abs().max())
+    sal_diff = float((our_sal.to(ref_sal) - ref_sal).abs().max()) / max(scale, 1e-30)
+    score_diff = max(float((our_scores[a].cpu() - ref_scores[a].cpu()).abs().max()) for a in AXES)
+
+    fns = {"reference": lambda: reference_scheme(reward, video, prompts),
+           "ours": lambda: service_scheme(service, video, prompts)}
+    seconds = interleaved(fns, repeats, dev, warmup=0)  # the check above was the warm-up
+    memory = {name: peak_memory(fn, dev) for name, fn in fns.items()}
+    mib = 1.0 / 2**20
+    sec = "reward"
+    rows = [
+        Row(sec, "reference: no-grad forward + forward + 3 backward", spread(seconds["reference"]), "s"),
+        Row(sec, f"ours: {calls[0]} forward + {calls[1]} batched backward", spread(seconds["ours"]), "s"),
+        Row(sec, "time ours / reference", pair_ratios(seconds["ours"], seconds["reference"]), "x",
+            "per-round ratio"),
+        Row(sec, "peak memory, reference", memory["reference"] * mib, "MiB",
+            "CUDA allocator peak" if dev.type == "cuda" else "torch.profiler CPU allocations"),
+        Row(sec, "peak memory, ours", memory["ours"] * mib, "MiB"),
+        Row(sec, "peak memory ours / reference", memory["ours"] / max(memory["reference"], 1), "x"),
+        Row(sec, "saliency max |ours - reference| / max reference", sal_diff, "",
+            "same maps" if sal_diff < 1e-3 else "DIFFERENT"),
+        Row(sec, "scores max |ours - reference|", score_diff, ""),
+    ]
+    settings["saliency_rel_diff"], settings["score_abs_diff"] = sal_diff, score_diff
+    return rows, settings
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m streamr1.bench.reward", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p.add_argument("--layers", type=int, default=2, help="language-model layers (Qwen2-VL-2B has 28)")
+    p.add_argument("--vision-layers", type=int, default=2, help="vision-tower layers (Qwen2-VL-2B has 32)")
+    p.add_argument("--frames", type=int, default=81, help="frames of the video (the recipe: 81; 80 are scored)")
+    p.add_argument("--size", type=int, nargs=2, default=[112, 196], metavar=("H", "W"),
+                   help="frame size the reward sees, multiples of 28 (Stream-R1: 336 588; reduced for a CPU)")
+    p.add_argument("--batch", type=int, default=1, help="videos a call")
+    p.add_argument("--repeats", type=int, default=3, help="timed interleaved rounds (A, B, A, B, ...)")
+    p.add_argument("--tiny", action="store_true", help="hidden 32 instead of Qwen2-VL-2B's widths (smoke test)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 on a shared machine)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", default=None, help="also save the rows and settings to this JSON file")
+    args = p.parse_args(argv)
+    if args.repeats < 1 or args.layers < 1 or args.vision_layers < 1 or args.batch < 1 or args.frames < 2:
+        p.error("--repeats, --layers, --vision-layers, --batch must be >= 1 and --frames >= 2")
+    if any(s % 28 for s in args.size):
+        p.error(f"--size {args.size}: both must be multiples of 28 (patch 14 x merge 2)")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> list[Any]:
+    """Run the reward benchmark, print the table (and save ``--json``); returns the rows."""
+    args = parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    from streamr1.bench.measure import Spread, markdown_table
+
+    rows, settings = section_reward(layers=args.layers, vision_layers=args.vision_layers, frames=args.frames,
+                                    size=tuple(args.size), batch=args.batch, repeats=args.repeats, tiny=args.tiny,
+                                    device=args.device, dtype=getattr(torch, args.dtype), seed=args.seed)
+    print("\nstreamr1 reward benchmark (SPEC 4.5): random-weight VideoAlignReward; "
+          + "; ".join(f"{k}: {v}" for k, v in settings.items() if not k.endswith("diff")) + "\n")
+    print(markdown_table(rows))
+    sys.stdout.flush()
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as fh:
+            json.dump({"settings": settings, "rows": [{**asdict(r), "value": asdict(r.value) if isinstance(
+                r.value, Spread) else r.value} for r in rows]}, fh, indent=2)
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -21,8 +21,8 @@ was trained on and is reproduced verbatim. What differs from it, on purpose:
 
 The checkpoint was saved with transformers 4.45 and peft 0.10; its keys are renamed to the installed transformers'
 layout with transformers' own conversion mapping for Qwen2-VL (``visual.`` -> ``model.visual.``, ``model.layers``
--> ``model.language_model.layers``). A checkpoint that lacks LoRA weights, the reward head or any other part the
-run trained is refused, never half-loaded.
+-> ``model.language_model.layers``); transformers >= 5 is needed. A checkpoint that lacks LoRA weights, the
+reward head or any other part the run trained is refused, never half-loaded.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import math
 import os
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F_
@@ -246,24 +246,12 @@ def find_checkpoint(path: str | os.PathLike[str], step: int | None = None) -> st
 def legacy_key_renamer(model: nn.Module):
     """A function ``old_key -> key`` from a transformers-4.45 Qwen2-VL state-dict key to the installed layout.
 
-    Uses transformers' own conversion mapping for the model class (``get_model_conversion_mapping``, transformers
-    >= 5; ``_checkpoint_conversion_mapping`` on 4.5x; identity on 4.45, whose layout it is). Refuses keys that
-    would need a tensor conversion, not just a rename.
+    Uses transformers' own conversion mapping for the model class (``get_model_conversion_mapping``, the one
+    ``from_pretrained`` applies). Refuses keys that would need a tensor conversion, not just a rename.
     """
-    try:
-        from transformers.conversion_mapping import get_model_conversion_mapping
-        from transformers.core_model_loading import WeightConverter, WeightRenaming, rename_source_key
-    except ImportError:  # transformers 4.x
-        table = dict(getattr(model, "_checkpoint_conversion_mapping", {}) or {})
+    from transformers.conversion_mapping import get_model_conversion_mapping
+    from transformers.core_model_loading import WeightConverter, WeightRenaming, rename_source_key
 
-        def rename_4x(key: str) -> str:
-            for src, dst in table.items():
-                key, n = re.subn(src, dst, key)
-                if n:
-                    break
-            return key
-
-        return rename_4x
     transforms = get_model_conversion_mapping(model)
     renamings = [t for t in transforms if isinstance(t, WeightRenaming)]
     converters = [t for t in transforms if isinstance(t, WeightConverter)]
@@ -326,6 +314,7 @@ def load_videoreward(path: str | os.PathLike[str], *, checkpoint_step: int | Non
     if not lcfg.get("lora_enable", False) or lcfg.get("vision_lora", False):
         raise ValueError(f"{path!r}: VideoAlignReward loads VideoReward's layout, a LoRA on the language model only "
                          "(lora_enable true, vision_lora false).")
+    _check_transformers()
     ckpt = find_checkpoint(path, checkpoint_step)
     adapter_file = os.path.join(ckpt, "adapter_model.safetensors")
     non_lora_file = os.path.join(ckpt, "non_lora_state_dict.pth")
@@ -444,7 +433,8 @@ class VideoAlignReward(nn.Module):
             ``model_config.json`` (a hub id, found only in the local HF cache: nothing is downloaded).
         checkpoint_step: which ``checkpoint-<step>`` (default the latest).
         sample_fps: ``None`` (Stream-R1): every frame, the last dropped when odd. A number: VideoAlign's uniform
-            sampling at that rate (VideoReward's own default is 2); see :func:`sample_frame_indices`.
+            sampling at that rate; ``"model"``: the checkpoint's own ``data_config.fps`` (VideoReward: 2). See
+            :func:`sample_frame_indices`.
         source_fps: the frame rate of the videos scored (16 for Wan), used only with ``sample_fps``.
         size: ``(height, width)`` each frame is resized to, multiples of 28 (Stream-R1: 336x588). ``None``: from the
             input size and ``max_pixels`` (qwen-vl-utils' ``smart_resize``).
@@ -484,7 +474,7 @@ class VideoAlignReward(nn.Module):
     axes: tuple[str, ...] = AXES
 
     def __init__(self, path: str, base_model: str | None = None, checkpoint_step: int | None = None,
-                 sample_fps: float | None = None, source_fps: float = 16.0,
+                 sample_fps: float | Literal["model"] | None = None, source_fps: float = 16.0,
                  size: tuple[int, int] | None = (336, 588), max_pixels: int = 448 * 448,
                  torch_dtype: str = "bfloat16", attn_implementation: str = "sdpa", merge_lora: bool = True) -> None:
         super().__init__()
@@ -494,6 +484,10 @@ class VideoAlignReward(nn.Module):
                                                        merge_lora=merge_lora)
         data = cfg.get("data_config") or {}
         template = data.get("prompt_template_type", "detailed_special")
+        if sample_fps == "model":
+            if not data.get("fps"):
+                raise ValueError(f"sample_fps='model', but {path!r}'s model_config.json has no data_config.fps.")
+            sample_fps = float(data["fps"])
         self._build(model, tokenizer, head, template=template, sample_fps=sample_fps, source_fps=source_fps,
                     size=size, max_pixels=max_pixels)
         self.statistics = videoreward_statistics(path) if cfg.get("inference_config") else None
@@ -514,6 +508,7 @@ class VideoAlignReward(nn.Module):
 
     def _build(self, model: nn.Module, tokenizer: Any, head: Tensor, *, template: str, sample_fps: float | None,
                source_fps: float, size: tuple[int, int] | None, max_pixels: int) -> None:
+        _check_transformers()
         if template not in PROMPT_TEMPLATES:
             raise ValueError(f"VideoAlignReward reads the scores at the reward tokens, which only the prompt templates "
                              f"{sorted(PROMPT_TEMPLATES)} contain; got {template!r}.")
@@ -536,8 +531,6 @@ class VideoAlignReward(nn.Module):
         self.rm_head = nn.Linear(hidden, 3, bias=False, dtype=head.dtype, device=head.device)
         with torch.no_grad():
             self.rm_head.weight.copy_(head)
-        self.register_buffer("pixel_mean", torch.tensor(CLIP_MEAN).view(1, 1, 3, 1, 1), persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(CLIP_STD).view(1, 1, 3, 1, 1), persistent=False)
         ids = tokenizer.convert_tokens_to_ids(list(REWARD_TOKENS.values()))
         unk = getattr(tokenizer, "unk_token_id", None)
         if any(i is None or i == unk for i in ids):
@@ -578,7 +571,10 @@ class VideoAlignReward(nn.Module):
         if idx != list(range(video.shape[1])):
             frames = frames[:, torch.tensor(idx, device=video.device)]
         frames = resize_frames(frames, self.frame_size(*video.shape[-2:])).clamp(0.0, 1.0)
-        frames = (frames - self.pixel_mean.float()) / self.pixel_std.float()
+        # Constants made here in float32, not buffers: a cast of the model to bf16 must not round them.
+        mean = torch.tensor(CLIP_MEAN, device=frames.device).view(1, 1, 3, 1, 1)
+        std = torch.tensor(CLIP_STD, device=frames.device).view(1, 1, 3, 1, 1)
+        frames = (frames - mean) / std
         return patchify(frames, self.patch_size, self.temporal_patch, self.merge_size)
 
     def build_inputs(self, prompts: Sequence[str], n_video_tokens: int, device: torch.device) -> dict[str, Tensor]:
@@ -641,6 +637,14 @@ class VideoAlignReward(nn.Module):
         b, n, d = patches.shape
         grid_thw = torch.tensor([grid] * b, dtype=torch.long)
         return self.score_patches(patches.reshape(b * n, d), grid_thw, prompts)
+
+
+def _check_transformers() -> None:
+    import transformers
+
+    if int(transformers.__version__.split(".")[0]) < 5:
+        raise ImportError(f"VideoAlignReward needs transformers >= 5 (found {transformers.__version__}): Qwen2-VL's "
+                          "forward takes mm_token_type_ids there. Install with `pip install 'streamr1[videoreward]'`.")
 
 
 def _dtype(name: str | torch.dtype) -> torch.dtype:
