@@ -16,6 +16,8 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 SCENARIOS = ["ddp", "fsdp_sgd", "fsdp_full", "fsdp_resume"]
+PROMPTS = ["a red circle moving left", "a blue square moving up", "a green triangle moving right",
+           "a yellow star moving down"]  # worker.PROMPTS
 
 pytestmark = pytest.mark.slow
 
@@ -91,6 +93,8 @@ def test_sharded_checkpoint_resume_reproduces_the_uninterrupted_run(runs):
         # the resumed run redoes cycles 3..5 with the same per-rank noise and the same broadcast exit steps
         assert [e for e in resumed["losses"]] == [e for e in full["losses"] if e[1] >= 3]
         assert resumed["exits"] == full["exits"][-len(resumed["exits"]):]
+        # ... on the same prompts: each rank continues its own stride of the shuffled prompt stream
+        assert len(full["prompts"]) == 6 and resumed["prompts"] == full["prompts"][3:]
         assert resumed["counters"] == full["counters"] and resumed["global_step"] == full["global_step"] == 9
         assert resumed["lrs"] == full["lrs"] == pytest.approx([1e-3 * 0.5**1, 1e-3 * 0.5**3])  # StepLR(2): 3, 6 steps
         assert resumed["ema_is_dtensor"]  # the EMA went back to the student's sharding after the load
@@ -98,6 +102,9 @@ def test_sharded_checkpoint_resume_reproduces_the_uninterrupted_run(runs):
             assert _max_diff(full[part], resumed[part]) == 0.0, (rank, part)
     # per-rank streams: the ranks' losses differ, and each rank resumed its own
     assert runs["fsdp_full"][0]["losses"] != runs["fsdp_full"][1]["losses"]
+    # the ranks split every epoch: epoch 0 (cycles 0-3) of 8 stream positions is two passes over the 4 prompts
+    epoch0 = [p for r in (0, 1) for b in runs["fsdp_full"][r]["prompts"][:4] for p in b]
+    assert sorted(epoch0) == sorted(PROMPTS * 2)
 
 
 def test_export_reads_the_sharded_checkpoint_on_one_process(runs, tmp_path):

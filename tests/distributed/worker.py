@@ -64,6 +64,10 @@ class Recorder(LossRecorder):
         super().__init__()
         self.snapshot_step = snapshot_step
         self.snapshot: dict[str, torch.Tensor] | None = None
+        self.prompts: list[list[str]] = []
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: DMDModule, batch: Any, *args: Any) -> None:
+        self.prompts.append(list(batch["prompt"]))
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: DMDModule, *args: Any) -> None:
         if trainer.global_step == self.snapshot_step and self.snapshot is None:
@@ -114,11 +118,10 @@ def run(scenario: str, out: str) -> None:
     rank = _rank()
     pl.seed_everything(100 + rank)  # ranks draw different noise; only the broadcast keeps control flow equal
     torch.use_deterministic_algorithms(True)
-    # The resume scenarios train on one prompt: PromptDataModule's loader is not resumable, so a mid-epoch resume
-    # restarts the prompt order (Lightning warns); with one prompt every order is the same and the comparison
-    # isolates what the checkpoint restores (weights, optimizers, schedulers, EMA, counters, RNG streams).
-    data = PromptDataModule(prompts=PROMPTS[:1] if scenario.startswith("fsdp_") and scenario != "fsdp_sgd"
-                            else PROMPTS, batch_size=1)
+    # The resume scenarios: 4 prompts shuffled, 8 a epoch over both ranks (4 batches a rank): the checkpoint after
+    # cycle 2 is mid-epoch, and cycles 4-5 are epoch 1; the resumed run must continue each rank's prompt stream.
+    data = PromptDataModule(prompts=PROMPTS, batch_size=1,
+                            samples_per_epoch=8 if scenario in ("fsdp_full", "fsdp_resume") else 100_000)
     ckpt_dir = os.path.join(out, "ckpt")
     result: dict[str, Any] = {}
     if scenario in ("ddp", "fsdp_sgd"):
@@ -145,6 +148,7 @@ def run(scenario: str, out: str) -> None:
         trainer = _trainer(_fsdp(), callbacks, CYCLES + 3, out)
         trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
         result.update(losses=rec.losses, exits=rec.exits, student_at_ckpt=rec.snapshot, ckpt_dir=ckpt_dir,
+                      prompts=rec.prompts,
                       ema={k: (v.full_tensor() if hasattr(v, "full_tensor") else v).cpu() for k, v in
                            ema.shadow.items()},
                       ema_is_dtensor=all(hasattr(v, "full_tensor") for v in ema.shadow.values()),
