@@ -322,3 +322,20 @@ def test_stats_command_writes_normalization_file(published, tmp_path):
     norm = RewardNormalizer.load(out)
     z = norm({"VQ": torch.tensor([3.1 + 2.2]), "MQ": torch.tensor([1.2]), "TA": torch.tensor([2.8 - 2.5])})
     assert [float(z[a]) for a in ("VQ", "MQ", "TA")] == pytest.approx([1.0, 0.0, -1.0])
+
+
+def test_service_saliency_of_sampled_videoalign_reaches_every_latent_frame(reward, tok):
+    """VideoReward's own 2 fps sampling (10 of 81 frames) through the reward service: the pixel saliency is zero on
+    the 71 frames not scored, yet all 21 latent frames get saliency (SPEC §4.6)."""
+    from streamr1.rewards.service import RewardService
+
+    sampled = VideoAlignReward.from_parts(reward.model, tok, reward.rm_head, size=SIZE, sample_fps=2.0)
+    assert sampled.scored_frames(81) == [0, 9, 18, 27, 36, 44, 53, 62, 71, 80]
+    service = RewardService(model=sampled, normalization=None, keep_pixels=True)
+    service.prepare("cpu")
+    video = _video(b=1, t=81, seed=8) * 2 - 1
+    result = service.score(video, PROMPTS[:1], saliency=True, latent_shape=(21, 7, 10))
+    for axis in ("VQ", "MQ", "TA"):
+        per_pixel_frame = result.pixel_saliency[axis][0].flatten(1).amax(dim=1)
+        assert int((per_pixel_frame > 0).sum()) == 10
+        assert bool((result.saliency[axis][0].mean(dim=(1, 2)) > 0).all()), axis
