@@ -24,7 +24,11 @@ Containers:
 Memory: the model is built on the meta device (``torch.device("meta")``); the checkpoint's shapes are checked
 against it before any tensor is read (safetensors headers; torch files are memory-mapped); tensors are cast one at a
 time to ``torch_dtype`` and assigned (``load_state_dict(assign=True)``), so a bf16 model never exists in float32 and
-sharded files are read one shard at a time. As ``WanTransformer3DModel.from_pretrained`` does, the modules in
+sharded files are read one shard at a time. A torch file is memory-mapped: tensors already in the target dtype
+become the parameters without a copy (pages shared between processes until written), so do not overwrite such a file
+in place while a run uses it. Measured (1.3B width, 6 layers, 305 M parameters, bf16 ``.pt`` in original keys):
+peak host memory 0.6 GB loading it with ``torch_dtype: bfloat16``, against 1.7 GB for a float32 model cast after
+``load_state_dict``. As ``WanTransformer3DModel.from_pretrained`` does, the modules in
 ``_keep_in_fp32_modules`` (time embedder, norms, modulation tables, rope) stay float32 unless
 ``keep_fp32_modules=False`` (FSDP2 needs one dtype per group of *trainable* parameters).
 """
