@@ -15,6 +15,7 @@ import torch
 from lightning.pytorch import LightningModule
 
 from streamr1.callbacks.ema import StudentEMA
+from streamr1.models.lora import has_lora, merged_copy, save_adapter
 
 
 def _ema_shadow(checkpoint: dict) -> dict[str, torch.Tensor] | None:
@@ -77,7 +78,8 @@ def load_student(module: LightningModule, ckpt_path: str | None, use_ema: bool =
     return {"checkpoint": os.path.abspath(ckpt_path), "ema": shadow is not None}
 
 
-def export_student(module: LightningModule, output_dir: str, ckpt_path: str | None = None, use_ema: bool = True) -> str:
+def export_student(module: LightningModule, output_dir: str, ckpt_path: str | None = None, use_ema: bool = True,
+                   adapter_only: bool = False) -> str:
     """Write ``module.student``'s transformer to ``output_dir`` with ``save_pretrained``.
 
     Args:
@@ -87,6 +89,12 @@ def export_student(module: LightningModule, output_dir: str, ckpt_path: str | No
         ckpt_path: the checkpoint (a ``.ckpt`` file or an FSDP2 sharded folder); ``None`` exports the module's
             current student.
         use_ema: use the :class:`~streamr1.callbacks.ema.StudentEMA` weights when the checkpoint holds them.
+        adapter_only: for a LoRA student, write only the adapter (peft layout: ``adapter_config.json``,
+            ``adapter_model.safetensors``) instead of the merged model.
+
+    A LoRA student (:mod:`streamr1.models.lora`) is written merged (``W <- W + (alpha / r) B A``, plain diffusers
+    keys): saving it unmerged would give ``base_layer`` / ``lora_*`` keys that ``from_pretrained`` does not know and
+    silently leaves as meta tensors.
 
     Returns:
         ``output_dir``.
@@ -99,7 +107,11 @@ def export_student(module: LightningModule, output_dir: str, ckpt_path: str | No
     tmp = tempfile.mkdtemp(prefix=".export-", dir=parent)
     try:
         # the causal processors are ours; the saved config and weights are the plain diffusers model's
-        transformer.save_pretrained(tmp, safe_serialization=True)
+        if adapter_only:
+            save_adapter(transformer, tmp)
+        else:
+            plain = merged_copy(transformer) if has_lora(transformer) else transformer
+            plain.save_pretrained(tmp, safe_serialization=True)
         if os.path.isdir(output_dir):
             old = output_dir.rstrip("/") + ".old"
             shutil.rmtree(old, ignore_errors=True)

@@ -35,6 +35,7 @@ from streamr1.context import RolloutContext, weighting_callbacks
 from streamr1.distributed import gather_rng_states, move_parameters, set_rng_state, shard_models
 from streamr1.flow import add_noise, sample_dmd_timestep, warped_steps
 from streamr1.losses import cfg_x0, critic_flow_loss, dmd_gradient, dmd_loss
+from streamr1.models.lora import load_plain_state_dict, plain_state_dict, trainable_parameters
 from streamr1.protocols import VAE, CausalStudent, Denoiser, TextEncoder
 from streamr1.rollout import generate, self_forcing_rollout
 
@@ -353,8 +354,9 @@ class DMDModule(pl.LightningModule):
         def default(lr: float):
             return lambda params: torch.optim.AdamW(params, lr=lr, betas=(0.0, 0.999), weight_decay=0.01)
 
-        opt_s = (self._student_opt_fn or default(2e-6))(self.student.parameters())
-        opt_c = (self._critic_opt_fn or default(4e-7))(self.critic.parameters())
+        # Only what trains: a LoRA model's adapters (streamr1.models.lora), every parameter of a full one.
+        opt_s = (self._student_opt_fn or default(2e-6))(trainable_parameters(self.student))
+        opt_c = (self._critic_opt_fn or default(4e-7))(trainable_parameters(self.critic))
         scheds = []
         if self._student_sched_fn is not None:
             scheds.append({"scheduler": self._student_sched_fn(opt_s), "interval": "step"})
@@ -387,10 +389,11 @@ class DMDModule(pl.LightningModule):
         if self._offloads_teacher():
             move_parameters(self.teacher, torch.device("cpu"))  # the strategy moved the whole module to the device
         if self.dmd.critic_init_from_student and self.student_steps == 0 and self.critic_steps == 0:
-            src = self.student.transformer.state_dict()
+            # plain (adapter-free) names and merged weights, so a LoRA student or critic initialises like a full one
+            src = plain_state_dict(self.student.transformer)
             dst = self.critic.transformer
-            if {k: v.shape for k, v in src.items()} == {k: v.shape for k, v in dst.state_dict().items()}:
-                dst.load_state_dict(src)
+            if {k: v.shape for k, v in src.items()} == {k: v.shape for k, v in plain_state_dict(dst).items()}:
+                load_plain_state_dict(dst, src)
             else:
                 raise ValueError("critic_init_from_student is set but the student and critic architectures differ.")
         dm = self.trainer.datamodule

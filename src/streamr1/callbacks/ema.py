@@ -2,7 +2,8 @@
 
 Lightning's ``EMAWeightAveraging`` deep-copies the whole LightningModule (teacher and critic
 too), updates on critic steps as well and does not support sharding (NOTES.md). This one keeps
-a shadow copy of the student's parameters only, updates once per student optimizer step, and
+a shadow copy of the student's trained parameters only (a LoRA student's adapters, not its frozen
+base: :func:`trained_parameters`), updates once per student optimizer step, and
 works on sharded (DTensor) parameters because every operation is elementwise.
 
 Checkpoints: :meth:`StudentEMA.state_dict` holds full (unsharded) CPU tensors whatever the strategy, so the
@@ -21,6 +22,12 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 from typing_extensions import override
+
+
+def trained_parameters(student: torch.nn.Module) -> dict[str, Tensor]:
+    """The student's parameters that train (``requires_grad``), by name: all of them, or a LoRA student's adapters
+    only (:mod:`streamr1.models.lora`), so the EMA never shadows frozen weights."""
+    return {k: p for k, p in student.named_parameters() if p.requires_grad}
 
 
 class StudentEMA(Callback):
@@ -82,7 +89,7 @@ class StudentEMA(Callback):
     @torch.no_grad()
     def update(self, student: torch.nn.Module) -> None:
         """One EMA update from the student's current weights (copy at the first call)."""
-        params = dict(student.named_parameters())
+        params = trained_parameters(student)
         if not self.shadow:
             self.shadow = {k: p.detach().clone() for k, p in params.items()}
             return
@@ -104,7 +111,7 @@ class StudentEMA(Callback):
         if not self.shadow:
             yield student
             return
-        params = dict(student.named_parameters())
+        params = trained_parameters(student)
         self._align(params)
         backup = {k: p.detach().clone() for k, p in params.items()}
         with torch.no_grad():
@@ -133,4 +140,4 @@ class StudentEMA(Callback):
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Under ModelParallelStrategy the checkpoint is restored after this hook: update()/swapped() align again.
-        self._align(dict(pl_module.student.named_parameters()))
+        self._align(trained_parameters(pl_module.student))

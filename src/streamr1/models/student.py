@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from streamr1.flow import flow_to_x0
 from streamr1.models.causal import CausalWanStudent, KVCache
+from streamr1.models.lora import LoRAArgs, apply_lora
 from streamr1.models.wan import build_wan_transformer
 
 
@@ -33,6 +34,8 @@ class CausalWanDenoiser(nn.Module):
             generate videos longer than the training length with a rolling cache.
         sink_frames: first frames kept in the rolling cache forever (attention sinks).
         gradient_checkpointing: recompute each block in backward (less activation memory, ~30% more time).
+        lora: LoRA adapters (``rank``, ``alpha``, ``target_modules``, ``dropout``; :mod:`streamr1.models.lora`): only
+            the adapters train, the loaded weights stay frozen. ``None``: the whole model trains.
 
     Example::
 
@@ -54,10 +57,13 @@ class CausalWanDenoiser(nn.Module):
         local_window_frames: int | None = None,
         sink_frames: int = 0,
         gradient_checkpointing: bool = False,
+        lora: LoRAArgs | None = None,
     ) -> None:
         super().__init__()
         transformer = build_wan_transformer(pretrained, config, subfolder, key_prefix, checkpoint_key, torch_dtype,
                                             keep_fp32_modules)
+        if lora is not None:
+            apply_lora(transformer, lora)
         if gradient_checkpointing:
             transformer.enable_gradient_checkpointing()
         self.causal = CausalWanStudent(transformer, chunk_frames, local_window_frames, sink_frames)

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from streamr1.assets import resolve
 from streamr1.flow import flow_to_x0
+from streamr1.models.lora import LoRAArgs, apply_lora
 from streamr1.models.wan_weights import CHECKPOINT_KEYS, load_wan_transformer, parse_dtype, target_dtype
 
 
@@ -107,6 +108,8 @@ class WanDenoiser(nn.Module):
             float32 when unset.
         keep_fp32_modules: keep diffusers' float32 modules (time embedder, norms) in float32.
         gradient_checkpointing: recompute each block in backward (saves activation memory, costs ~30% time).
+        lora: LoRA adapters (``rank``, ``alpha``, ``target_modules``, ``dropout``; :mod:`streamr1.models.lora`), e.g.
+            on the critic: only the adapters train. ``None``: the whole model trains (or none of it, the teacher).
 
     Example::
 
@@ -125,10 +128,13 @@ class WanDenoiser(nn.Module):
         torch_dtype: str | None = None,
         keep_fp32_modules: bool = True,
         gradient_checkpointing: bool = False,
+        lora: LoRAArgs | None = None,
     ) -> None:
         super().__init__()
         self.transformer = build_wan_transformer(pretrained, config, subfolder, key_prefix, checkpoint_key,
                                                  torch_dtype, keep_fp32_modules)
+        if lora is not None:
+            apply_lora(self.transformer, lora)
         if gradient_checkpointing:
             self.transformer.enable_gradient_checkpointing()
 
