@@ -31,7 +31,7 @@ class StreamR1Trainer(Trainer):
     """Lightning's Trainer plus streamr1's own subcommands (``export``, ``calibrate``)."""
 
     def export(self, model: LightningModule, output_dir: str, ckpt_path: str | None = None, use_ema: bool = True,
-               datamodule: LightningDataModule | None = None) -> str:
+               datamodule: LightningDataModule | None = None, adapter_only: bool = False) -> str:
         """Write the student as a diffusers folder that ``WanTransformer3DModel.from_pretrained`` loads.
 
         Args:
@@ -39,10 +39,11 @@ class StreamR1Trainer(Trainer):
             output_dir: folder to write (created; an existing folder is replaced atomically).
             ckpt_path: checkpoint to export; ``None`` exports the configured (initial) student.
             use_ema: export the EMA weights when the checkpoint holds them.
+            adapter_only: a LoRA student's adapter alone (peft layout) instead of the merged model.
         """
         from streamr1.export import export_student
 
-        path = export_student(model, output_dir, ckpt_path=ckpt_path, use_ema=use_ema)
+        path = export_student(model, output_dir, ckpt_path=ckpt_path, use_ema=use_ema, adapter_only=adapter_only)
         print(f"[streamr1] student written to {path}")
         return path
 
