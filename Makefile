@@ -25,8 +25,9 @@ test: install  ## the CPU test suite (about 10 minutes at most)
 test-slow: install  ## the slow tests (multi-process DDP/FSDP, resume)
 	$(BIN)/python -m pytest -q -m slow
 
-bench: install  ## speed benchmark: turn times, KV cache vs recompute, throughput (numbers, not pass/fail)
-	$(BIN)/python -m streamr1.bench.speed
+bench: install  ## speed benchmark: turns, Stream-R1 vs DMD, KV cache vs recompute, throughput, streaming (numbers, not pass/fail)
+	$(BIN)/python -m streamr1.bench $(BENCH_ARGS)
+	$(BIN)/python -m streamr1.bench.reward --threads 1 $(BENCH_REWARD_ARGS)
 
 bench-quality: install  ## the ablation table on the toy world (DMD, Reward Forcing, Stream-R1, ablations; 3 seeds)
 	$(BIN)/python -m streamr1.toy.quality --output results --logs runs/quality
