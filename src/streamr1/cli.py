@@ -150,6 +150,15 @@ class StreamR1CLI(LightningCLI):
         parser.add_lightning_class_args(VideoWriter, "video")
 
     @override
+    def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: Any) -> LightningArgumentParser:
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        if subcommand == "predict":  # an argument of StreamR1CLI.predict, which Lightning's Trainer.predict lacks
+            parser.add_argument("--use_ema", type=bool, default=True,
+                                help="Sample with the StudentEMA weights when the checkpoint holds them (as export).")
+            self._subcommand_method_arguments[subcommand].append("use_ema")
+        return parser
+
+    @override
     def _parse_ckpt_path(self) -> None:
         # Lightning parses the checkpoint's saved hyperparameters OVER the command line. Sampling commands take
         # only the student's weights from the checkpoint: the composed config (shape, window, sinks) applies.
@@ -214,12 +223,14 @@ class StreamR1CLI(LightningCLI):
         return None if stats is None else "inline" if not isinstance(stats, (str, os.PathLike)) else os.fspath(stats)
 
     def predict(self, model: LightningModule, datamodule: LightningDataModule | None = None,
-                ckpt_path: str | None = None, return_predictions: bool | None = None, **kwargs: Any) -> Any:
-        """``streamr1 predict``: load the student (EMA weights when the checkpoint holds them) from ``ckpt_path``,
+                ckpt_path: str | None = None, return_predictions: bool | None = None, use_ema: bool = True,
+                **kwargs: Any) -> Any:
+        """``streamr1 predict``: load the student (EMA weights when the checkpoint holds them and ``use_ema``) from
+        ``ckpt_path``,
         then sample every predict prompt, streaming each batch's videos to the ``video`` writer as they are made
         (``return_predictions`` is false unless set: nothing is kept in memory)."""
         from lightning.pytorch.callbacks import BasePredictionWriter
-        from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+        from lightning.pytorch.utilities import rank_zero_warn
 
         from streamr1.export import load_student
 
@@ -229,9 +240,10 @@ class StreamR1CLI(LightningCLI):
             rank_zero_warn("`streamr1 predict` has no --ckpt_path: sampling with the recipe's initial student weights "
                            "(pass --ckpt_path <file>.ckpt, a sharded checkpoint folder, or `last`).")
         else:
-            which = "EMA" if load_student(model, str(ckpt_path))["ema"] else "trained"
-            rank_zero_info(f"[streamr1] sampling with the {which} student weights of {ckpt_path}; latent_shape "
-                           f"{list(getattr(model, 'latent_shape', []))}")
+            which = "EMA" if load_student(model, str(ckpt_path), use_ema=use_ema)["ema"] else "trained"
+            if self.trainer.is_global_zero:
+                print(f"[streamr1] sampling with the {which} student weights of {ckpt_path}; latent_shape "
+                      f"{list(getattr(model, 'latent_shape', []))}", flush=True)
         if not any(isinstance(cb, BasePredictionWriter) for cb in self.trainer.callbacks):
             rank_zero_warn("`streamr1 predict` writes nothing: no video writer is configured. Pass "
                            "--video.output_dir <folder> (mp4 files at --video.fps, a prompt .txt beside each).")

@@ -52,8 +52,8 @@ def test_unknown_config_key_fails_and_names_it(tmp_path, capsys):
 def test_predict_samples_the_checkpoints_student_at_the_command_lines_shape_and_streams_videos(tmp_path, capsys):
     runs = str(tmp_path / "runs")
     main(["fit", "--config", TINY, "--config", os.path.join(ROOT, "callbacks", "dmd.yaml"),  # dmd: a StudentEMA
-          "--trainer.logger.init_args.save_dir", runs, "--trainer.max_steps", "2",
-          "--trainer.enable_checkpointing", "true", "--trainer.enable_progress_bar", "false"])
+          "--trainer.logger.init_args.save_dir", runs, "--trainer.max_steps", "4", "--model.dmd.student_every", "1",
+          "--trainer.enable_checkpointing", "true", "--trainer.enable_progress_bar", "false"])  # 2 student steps
     (last,) = glob.glob(os.path.join(runs, "**", "last.ckpt"), recursive=True)
     vids = str(tmp_path / "videos")
     # the same fragments as a Stream-R1 fit (stack + reward): predict builds neither the reward nor teacher/critic
@@ -83,7 +83,13 @@ def test_predict_samples_the_checkpoints_student_at_the_command_lines_shape_and_
     speed = json.load(open(os.path.join(vids, "speed_r0.json")))
     assert speed["frames"] == 3 * 6 and speed["frames_per_second"] > 0
     out = capsys.readouterr().out
-    assert "frames/s" in out
+    assert "frames/s" in out and "sampling with the EMA student weights" in out
+
+    raw = main(["predict", "--config", TINY, "--ckpt_path", last, "--use_ema", "false", "--trainer.logger", "false",
+                "--trainer.default_root_dir", str(tmp_path), "--trainer.enable_progress_bar", "false"]).model
+    trained = {k[len("student."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("student.")}
+    assert all(torch.equal(raw.student.state_dict()[k], v) for k, v in trained.items())
+    assert any(not torch.equal(trained[k], v) for k, v in ema.items())  # the two runs sampled different weights
 
 
 def test_predict_warns_without_a_checkpoint_and_without_a_writer(tmp_path):
