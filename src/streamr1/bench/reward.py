@@ -2,17 +2,25 @@
 
 ``python -m streamr1.bench.reward`` (part of ``make bench``). A random-weight VideoAlignReward with Qwen2-VL-2B's
 widths (language model hidden 1536, 12 heads of 128, 2 KV heads, MLP 8960; vision tower 1280 wide, 16 heads, MLP
-5120) and a few layers of each, on the recipe's frame count (81 frames: 80 scored) at a reduced frame size that a
-CPU can run. Two schemes score the same video and give the per-axis saliency ``||d raw_a / d pixels||``:
+5120) and ``--layers`` / ``--vision-layers`` of each (default 1 and 1; the 2B has 28 and 32), on the recipe's frame
+count (81 frames: 80 scored) at a reduced frame size (default 56x112 from 80x158; Stream-R1's is 336x588 from
+480x832) so that one CPU thread runs it in minutes. Two schemes score the same video and give the per-axis saliency
+``||d raw_a / d pixels||``:
 
 * reference (Stream-R1's released code): one no-grad forward for the scores, one forward with grad, one backward
   an axis (three, the graph retained between them);
 * ours (:class:`~streamr1.rewards.service.RewardService`): one forward with grad serves the scores, and ONE batched
   backward (``torch.autograd.grad(..., is_grads_batched=True)``) gives all three axes.
 
-Runs alternate (A, B, A, B, ...) after a warm-up of each; the report gives the median time and the spread
-(min-max), the peak memory of each (CUDA's peak allocator statistic on a GPU; on a CPU the peak resident-set growth
-of a forked child per run), and the ratios. Both schemes' saliency are checked equal.
+A first call of each (their outputs compared: scores and saliency must agree) is the warm-up; then
+``--repeats`` interleaved rounds (A, B, A, B, ...; :func:`streamr1.bench.measure.interleaved`) give the median time
+with its range and the per-round ratio; one more call of each gives the peak memory
+(:func:`streamr1.bench.measure.peak_memory`: the CUDA allocator's peak on a GPU, torch.profiler's CPU allocation
+events on a CPU).
+
+    python -m streamr1.bench.reward --threads 1                              # CPU defaults (make bench)
+    python -m streamr1.bench.reward --layers 4 --vision-layers 4 --size 112 196
+    python -m streamr1.bench.reward --device cuda --dtype bfloat16 --layers 28 --vision-layers 32 --size 336 588
 """
 
 from __future__ import annotations
@@ -164,7 +172,7 @@ def make_service(reward: Any, device: torch.device) -> Any:
     return service
 
 
-def section_reward(*, layers: int = 2, vision_layers: int = 2, frames: int = 81, size: tuple[int, int] = (112, 196),
+def section_reward(*, layers: int = 1, vision_layers: int = 1, frames: int = 81, size: tuple[int, int] = (56, 112),
                    input_size: tuple[int, int] | None = None, batch: int = 1, repeats: int = 3, tiny: bool = False,
                    device: str = "cpu", dtype: torch.dtype = torch.float32, seed: int = 0) -> tuple[list[Any], dict]:
     """Time and peak memory of the reference scheme against ours on one random video; rows for the table and the
@@ -232,10 +240,10 @@ def section_reward(*, layers: int = 2, vision_layers: int = 2, frames: int = 81,
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m streamr1.bench.reward", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    p.add_argument("--layers", type=int, default=2, help="language-model layers (Qwen2-VL-2B has 28)")
-    p.add_argument("--vision-layers", type=int, default=2, help="vision-tower layers (Qwen2-VL-2B has 32)")
+    p.add_argument("--layers", type=int, default=1, help="language-model layers (Qwen2-VL-2B has 28)")
+    p.add_argument("--vision-layers", type=int, default=1, help="vision-tower layers (Qwen2-VL-2B has 32)")
     p.add_argument("--frames", type=int, default=81, help="frames of the video (the recipe: 81; 80 are scored)")
-    p.add_argument("--size", type=int, nargs=2, default=[112, 196], metavar=("H", "W"),
+    p.add_argument("--size", type=int, nargs=2, default=[56, 112], metavar=("H", "W"),
                    help="frame size the reward sees, multiples of 28 (Stream-R1: 336 588; reduced for a CPU)")
     p.add_argument("--batch", type=int, default=1, help="videos a call")
     p.add_argument("--repeats", type=int, default=3, help="timed interleaved rounds (A, B, A, B, ...)")
