@@ -109,6 +109,12 @@ def test_original_keys_flat_or_nested(tmp_path, prefix, nesting):
     path = tmp_path / "ckpt.pt"
     torch.save(obj, path)
     assert_same_outputs(model, str(path))
+    if nesting == "flat":
+        assert_same_outputs(model, str(path), checkpoint_key="none")
+    else:
+        assert_same_outputs(model, str(path), checkpoint_key=nesting)
+        with pytest.raises(ValueError, match=r"has no tensors at its top level \(top-level keys: \['" + nesting):
+            WanDenoiser(pretrained=str(path), config=CONFIG, checkpoint_key="none")
 
 
 def test_original_keys_safetensors(tmp_path):
@@ -186,6 +192,21 @@ def test_wrong_shapes_named_before_any_load(tmp_path, monkeypatch):
     assert "Fix: set `config` to the checkpoint's architecture" in msg
     with pytest.raises(ValueError, match=r"does not match .*: 27 missing \(e.g. \['blocks.2.scale_shift_table"):
         WanDenoiser(pretrained=str(path), config={**CONFIG, "num_layers": 3})
+
+
+def test_a_file_holding_several_models_needs_key_prefix(tmp_path):
+    """A Lightning checkpoint of this project holds student, critic and teacher: the prefix picks one."""
+    student, critic = source(seed=0), source(seed=1)
+    sd = {**{f"student.causal.transformer.{k}": v for k, v in student.state_dict().items()},
+          **{f"critic.transformer.{k}": v for k, v in critic.state_dict().items()}}
+    path = tmp_path / "last.ckpt"
+    torch.save({"state_dict": sd, "global_step": 3}, path)
+    with pytest.raises(ValueError, match=r"holds several Wan models, under the key prefixes \['critic.transformer.', "
+                                         r"'student.causal.transformer.'\]: set `key_prefix`"):
+        WanDenoiser(pretrained=str(path), config=CONFIG)
+    assert_same_outputs(student, str(path), key_prefix="student.causal.transformer.")
+    with pytest.raises(ValueError, match=r"no key starts with key_prefix 'generator.model.'"):
+        WanDenoiser(pretrained=str(path), config=CONFIG, key_prefix="generator.model.")
 
 
 def test_unknown_layout_names_keys_and_known_layouts(tmp_path):

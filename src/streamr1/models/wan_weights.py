@@ -104,20 +104,38 @@ class WanCheckpoint:
 
 
 def _clean_keys(sd: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """Drop wrapper segments from every key; with a ``prefix``, keep only the keys under it, without it."""
     out = {}
     for k, v in sd.items():
         for w in _WRAPPERS:
             k = k.replace(w, "")
-        out[k[len(prefix):] if prefix and k.startswith(prefix) else k] = v
+        if not prefix:
+            out[k] = v
+        elif k.startswith(prefix):
+            out[k[len(prefix):]] = v
     return out
 
 
-def _find_prefix(keys: list[str], key_prefix: str | None) -> str:
+def _find_prefix(keys: list[str], key_prefix: str | None, label: str) -> str:
+    """``key_prefix`` if given, else what precedes ``patch_embedding.weight`` (one Wan model per state dict)."""
     if key_prefix is not None:
         return key_prefix
     cleaned = list(_clean_keys(dict.fromkeys(keys), ""))
-    anchors = sorted((k for k in cleaned if k.endswith(_ANCHOR)), key=len)
-    return anchors[0][: -len(_ANCHOR)] if anchors else ""
+    prefixes = sorted({k[: -len(_ANCHOR)] for k in cleaned if k == _ANCHOR or k.endswith("." + _ANCHOR)}, key=len)
+    if len(prefixes) > 1:
+        raise ValueError(
+            f"{label} holds several Wan models, under the key prefixes {prefixes[:6]}: set `key_prefix` to the one "
+            f"to load (e.g. key_prefix: {prefixes[-1]!r})."
+        )
+    return prefixes[0] if prefixes else ""
+
+
+def _check_prefix(kept: dict[str, Any], prefix: str, raw_keys: list[str], label: str) -> None:
+    if prefix and not kept:
+        raise ValueError(
+            f"{label}: no key starts with key_prefix {prefix!r} ({len(raw_keys)} keys, e.g. {sorted(raw_keys)[:4]}). "
+            "Fix `key_prefix`, or leave it unset to find the prefix from the keys."
+        )
 
 
 def _detect_layout(keys: set[str], label: str) -> str:
@@ -195,8 +213,9 @@ def open_checkpoint(
             with safe_open(f, framework="pt") as fh:
                 for k in fh.keys():
                     raw_shapes[k] = tuple(fh.get_slice(k).get_shape())
-        prefix = _find_prefix(list(raw_shapes), key_prefix)
+        prefix = _find_prefix(list(raw_shapes), key_prefix, label)
         metas = _clean_keys({k: torch.empty(s, device="meta") for k, s in raw_shapes.items()}, prefix)
+        _check_prefix(metas, prefix, list(raw_shapes), label)
         layout = _detect_layout(set(metas), label)
 
         def chunks() -> Iterator[dict[str, Tensor]]:
@@ -205,13 +224,15 @@ def open_checkpoint(
             for f in files:
                 yield _to_diffusers(_clean_keys(load_file(f, device="cpu"), prefix), layout)
 
-        used = ""
+        used, ignored = "", len(raw_shapes) - len(metas)
     else:
         if len(files) != 1:
             raise ValueError(f"{label}: sharded checkpoints must be .safetensors files, got {files[:3]}.")
         sd, used = select_state_dict(_torch_load(files[0]), checkpoint_key, label)
-        prefix = _find_prefix(list(sd), key_prefix)
-        sd = _clean_keys(sd, prefix)
+        prefix = _find_prefix(list(sd), key_prefix, label)
+        raw_keys, sd = list(sd), _clean_keys(sd, prefix)
+        _check_prefix(sd, prefix, raw_keys, label)
+        ignored = len(raw_keys) - len(sd)
         metas = {k: torch.empty(v.shape, device="meta") for k, v in sd.items()}
         layout = _detect_layout(set(metas), label)
 
@@ -224,6 +245,8 @@ def open_checkpoint(
         parts.append(f"state dict under {used!r}")
     if prefix:
         parts.append(f"prefix {prefix!r} stripped")
+    if ignored:
+        parts.append(f"{ignored} keys outside it ignored")
     return WanCheckpoint(label, layout, shapes, chunks, ", ".join(parts))
 
 
@@ -442,7 +465,10 @@ def _dtypes(model: torch.nn.Module) -> str:
     counts: dict[str, int] = {}
     for p in model.parameters():
         counts[str(p.dtype).removeprefix("torch.")] = counts.get(str(p.dtype).removeprefix("torch."), 0) + p.numel()
-    return ", ".join(f"{n / 1e6:.1f}M {d}" for d, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+    def count(n: int) -> str:
+        return f"{n / 1e9:.2f} B" if n >= 1e9 else f"{n / 1e6:.1f} M" if n >= 1e6 else f"{n:,}"
+
+    return ", ".join(f"{count(n)} params {d}" for d, n in sorted(counts.items(), key=lambda kv: -kv[1]))
 
 
 def _load_checkpoint(
