@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import glob
 import os
 import warnings
@@ -249,6 +250,72 @@ def test_interrupted_save_leaves_the_last_checkpoint_loadable_and_unchanged(tmp_
     _trainer(tmp_path, [], max_steps=3).fit(resumed, datamodule=PromptDataModule(prompts=PROMPTS, batch_size=1),
                                             ckpt_path=last)
     assert resumed.critic_steps == 2
+
+
+class _FullDisk:
+    """A binary file that takes its first ``room`` bytes, then fails as a full disk does (``ENOSPC``)."""
+
+    def __init__(self, path, mode="wb", room=600):
+        self.fh, self.room = open(path, mode), room
+
+    def write(self, data):
+        if len(data) > self.room:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.room -= len(data)
+        return self.fh.write(data)
+
+    def flush(self):
+        self.fh.flush()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.fh.close()
+
+
+def test_a_save_on_a_full_disk_ends_with_the_os_error_and_the_path(tmp_path, monkeypatch):
+    import traceback
+
+    import streamr1.checkpoint as checkpoint_lib
+
+    path = tmp_path / "last.ckpt"
+    atomic_torch_save({"x": torch.arange(3)}, path)
+    before = path.read_bytes()
+    monkeypatch.setattr(checkpoint_lib, "open", _FullDisk, raising=False)
+    with pytest.raises(OSError) as info:
+        AtomicCheckpointIO().save_checkpoint({"x": torch.zeros(10_000)}, path)
+    monkeypatch.undo()
+    lines = "".join(traceback.format_exception(info.value)).rstrip().splitlines()
+    assert info.value.errno == errno.ENOSPC
+    assert lines[-1].startswith(f"OSError: [Errno {errno.ENOSPC}] No space left on device: could not save the "
+                                f"checkpoint {path} (")
+    assert lines[-1].endswith("the previous file is unchanged. Free space, or point the checkpoint folder elsewhere.")
+    assert path.read_bytes() == before and os.listdir(tmp_path) == ["last.ckpt"]
+
+
+def test_torch_saves_internal_error_on_a_full_disk_is_reported_as_the_os_error(tmp_path, monkeypatch):
+    """On a real full file system (a 2 MiB tmpfs, checked by hand) ``torch.save`` ends in ``RuntimeError: [enforce
+    fail at inline_container.cc:671] . unexpected pos 704 vs 598`` with the ``OSError`` only as its context; the
+    wrapper finds the OS error in that chain."""
+    import traceback
+
+    def save(obj, f, *args, **kwargs):
+        try:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        except OSError:
+            raise RuntimeError("[enforce fail at inline_container.cc:671] . unexpected pos 704 vs 598") from None
+
+    monkeypatch.setattr(torch, "save", save)
+    with pytest.raises(OSError) as info:
+        atomic_torch_save({"x": 1}, tmp_path / "last.ckpt")
+    last = "".join(traceback.format_exception(info.value)).rstrip().splitlines()[-1]
+    assert last.startswith("OSError: [Errno 28] No space left on device: could not save the checkpoint ")
+    assert "enforce fail" in "".join(traceback.format_exception(info.value))  # the original stays above
+    assert os.listdir(tmp_path) == []
+    monkeypatch.setattr(torch, "save", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("not an OS error")))
+    with pytest.raises(RuntimeError, match="not an OS error"):  # other errors pass through unchanged
+        atomic_torch_save({"x": 1}, tmp_path / "last.ckpt")
 
 
 def test_the_fake_interrupted_writer_does_corrupt_a_plain_save(tmp_path, monkeypatch):

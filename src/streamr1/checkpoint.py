@@ -27,6 +27,7 @@ Example::
 from __future__ import annotations
 
 import os
+import shutil
 from typing import Any
 
 import torch
@@ -45,11 +46,43 @@ def atomic_torch_save(obj: Any, path: _PATH) -> None:
         path: a local file path; its folder is created if needed.
 
     Raises:
-        Whatever ``torch.save`` or the file system raises; ``path`` is then unchanged and the temporary file removed.
+        OSError: the file system refused the write (disk full, quota, permissions): the OS error, the path and the
+            free space, as the last line of the traceback (``torch.save`` itself reports a full disk as
+            ``RuntimeError: [enforce fail at inline_container.cc...] unexpected pos``, the cause buried above).
+            ``path`` is then unchanged and the temporary file removed.
+        Whatever else ``torch.save`` raises, with the same guarantee.
     """
-    with atomic_output(path) as tmp, open(tmp, "wb") as fh:
-        torch.save(obj, fh)
-        fh.flush()
+    try:
+        with atomic_output(path) as tmp, open(tmp, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+    except (OSError, RuntimeError) as err:
+        os_error = _os_error_in(err)
+        if os_error is None:
+            raise
+        raise _save_failed(path, os_error) from err
+
+
+def _os_error_in(err: BaseException) -> OSError | None:
+    """The first ``OSError`` with an ``errno`` in ``err``'s chain (``err`` itself included)."""
+    seen: set[int] = set()
+    link: BaseException | None = err
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
+        if isinstance(link, OSError) and link.errno is not None:
+            return link
+        link = link.__cause__ or link.__context__
+    return None
+
+
+def _save_failed(path: _PATH, err: OSError) -> OSError:
+    folder = os.path.dirname(os.path.abspath(os.fspath(path)))
+    try:
+        free = f"{shutil.disk_usage(folder).free / 2**20:.1f} MiB free there without the partial file"
+    except OSError:
+        free = "free space unknown"
+    return type(err)(err.errno, f"{err.strerror}: could not save the checkpoint {os.fspath(path)} ({free}); the "
+                                "previous file is unchanged. Free space, or point the checkpoint folder elsewhere.")
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -213,39 +213,43 @@ def _class_path_hint(message: str) -> str | None:
     return f"did you mean class_path: {m.group(1)}.{close[0]}?" if close else None
 
 
-def summarize_config_error(message: str, exc: BaseException | None = None) -> str:
+def summarize_config_error(message: str, exc: BaseException | None = None,
+                           argv: Sequence[str] | None = None) -> str:
     """A report that starts with the root cause of a configuration error and ends with the hint for more.
 
     Args:
         message: jsonargparse's message (the text after ``error:``, or ``str`` of the raised exception).
         exc: the raised exception, when there is one: a message of streamr1's own code in its chain comes first.
+        argv: the command line (for the hint on the last line; default ``sys.argv[1:]``).
     """
-    first = None
+    cause = None
     if exc is not None:
         for link in reversed(_exception_chain(exc)):
             if _raised_in_project(link) and str(link).strip():
-                first = str(link).strip().splitlines()[0]
+                cause = str(link).strip().splitlines()[0]
                 break
     leaves = _leaf_messages(message)
-    if first is None and leaves:
-        first = leaves[0]
-    if first is None:
-        first = message.strip().splitlines()[0] if message.strip() else type(exc).__name__
+    if cause is None and leaves:
+        cause = leaves[0]
+    if cause is None:
+        cause = message.strip().splitlines()[0] if message.strip() else type(exc).__name__
     keys = re.findall(r'Parser key "([^"]+)"', message)
     class_paths = re.findall(r"class_path '([\w.]+)'", message)
-    if exc is None or not _raised_in_project(_exception_chain(exc)[-1]):
-        if keys and class_paths and first in leaves:  # a class path that cannot be imported
-            first = f"{keys[-1]}: cannot import class_path '{class_paths[-1]}': {first}"
+    first = cause
+    if class_paths and cause in leaves and ("has no attribute" in cause or "No module named" in cause):
+        where = f"{keys[-1]}: " if keys else ""
+        first = f"{where}cannot import class_path '{class_paths[-1]}': {cause}"
+    elif keys and keys[-1] not in cause:
+        first = f"{keys[-1]}: {cause}"
     lines = [f"streamr1: error: {first}"]
-    if keys or class_paths:
-        lines.append("  in " + ", ".join([f"{k}" for k in keys] + [f"class_path {c}" for c in class_paths]))
-    hint = _class_path_hint(first)
+    hint = _class_path_hint(cause)
     if hint:
         lines.append(f"  {hint}")
-    others = [leaf for leaf in leaves if leaf != first and not first.startswith(leaf)]
+    others = [leaf for leaf in leaves if leaf != cause and not cause.startswith(leaf)]
     if others:
-        lines.append("  other messages: " + " | ".join(others[:3]))
-    lines.append(f"(the full report: {DEBUG_ENV}=1 streamr1 {' '.join(sys.argv[1:]) or '...'})")
+        lines.append("  also: " + " | ".join(others[:3]))
+    args = " ".join(sys.argv[1:] if argv is None else argv) or "..."
+    lines.append(f"(the full report: {DEBUG_ENV}=1 streamr1 {args})")
     return "\n".join(lines)
 
 
@@ -305,6 +309,7 @@ def _fail(message: str, status: int) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``streamr1`` console script; returns the exit status."""
+    from_sys_argv = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = os.environ.get(DEBUG_ENV, "") not in ("", "0")
     if not argv:
@@ -336,10 +341,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from streamr1 import cli
 
         with contextlib.nullcontext() if debug else _errors_raise():
-            cli.main(argv)
+            cli.main(None if from_sys_argv else argv)  # None: LightningCLI reads sys.argv itself (no warning)
         return 0
     except ConfigError as err:
-        return _fail(summarize_config_error(err.message, err.cause), EXIT_USAGE)
+        return _fail(summarize_config_error(err.message, err.cause, argv), EXIT_USAGE)
     except KeyboardInterrupt:
         return _fail("streamr1: interrupted (SIGINT)", EXIT_SIGINT)
     except SystemExit as exit_:
@@ -349,7 +354,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         if debug or not _built_from_config(exc):
             raise
-        return _fail(summarize_config_error(str(exc), exc), 1)
+        return _fail(summarize_config_error(str(exc), exc, argv), 1)
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
