@@ -134,8 +134,12 @@ def test_self_forcing_file_picks_ema_by_default_and_generator_on_request(tmp_pat
     assert "state dict under 'generator_ema'" in out and "prefix 'model.' stripped" in out and "original" in out
     assert_same_outputs(gen, str(path), checkpoint_key="generator")
     assert "state dict under 'generator'" in capsys.readouterr().out
-    with pytest.raises(ValueError, match=r"no state dict under 'state_dict' \(nested dicts found: \['generator'"):
-        WanDenoiser(pretrained=str(path), config=CONFIG, checkpoint_key="state_dict")
+    with pytest.raises(ValueError, match=r"no state dict under 'critic' \(nested dicts found: \['generator', "
+                                         r"'generator_ema'\]\)"):
+        WanDenoiser(pretrained=str(path), config=CONFIG, checkpoint_key="critic")
+    torch.save({"generator": to_original(gen.state_dict(), "model."),
+                "critic": to_original(ema.state_dict(), "model.")}, path)  # any key name can be asked for
+    assert_same_outputs(ema, str(path), checkpoint_key="critic")
 
 
 def test_original_folder_sharded_without_config(tmp_path):
@@ -218,8 +222,8 @@ def test_unknown_layout_names_keys_and_known_layouts(tmp_path):
     assert msg.startswith(f"{path}: unknown checkpoint layout (2 keys, e.g. ['decoder.out.bias', "
                           "'encoder.layer.0.weight'])")
     assert "Known layouts: diffusers WanTransformer3DModel keys" in msg and "original Wan keys" in msg
-    with pytest.raises(ValueError, match="checkpoint_key='gen' is not one of"):
-        WanDenoiser(pretrained=str(path), config=CONFIG, checkpoint_key="gen")
+    with pytest.raises(ValueError, match=r"is a safetensors file, which is flat: checkpoint_key='generator'"):
+        WanDenoiser(pretrained=str(path), config=CONFIG, checkpoint_key="generator")
 
 
 def test_diffusers_folder_config_mismatch_is_refused(tmp_path):

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from streamr1.assets import resolve
 from streamr1.flow import flow_to_x0
 from streamr1.models.lora import LoRAArgs, apply_lora
-from streamr1.models.wan_weights import CHECKPOINT_KEYS, load_wan_transformer, parse_dtype, target_dtype
+from streamr1.models.wan_weights import load_wan_transformer, parse_dtype, target_dtype
 
 
 def build_wan_transformer(
@@ -41,7 +41,8 @@ def build_wan_transformer(
         subfolder: subfolder of ``pretrained`` that holds the transformer (``"transformer"`` in a Wan pipeline).
         key_prefix: prefix to strip from state-dict keys; ``None`` finds it (``model.`` in Self-Forcing files).
         checkpoint_key: where the state dict sits in a torch file: ``auto`` (``generator_ema``, else ``generator``,
-            else ``state_dict``, else flat), ``generator_ema``, ``generator``, ``state_dict``, ``none`` (flat).
+            else ``state_dict``, else flat), ``none`` (flat), or the key itself (``generator_ema``, ``generator``,
+            ``state_dict``, ``critic``, ...).
         torch_dtype: parameter dtype (``bfloat16`` for a frozen teacher); float32 when unset. Loaded without a
             float32 copy (meta-device model, tensors cast one at a time).
         keep_fp32_modules: keep diffusers' ``_keep_in_fp32_modules`` (time embedder, norms, modulation) in float32
@@ -53,8 +54,6 @@ def build_wan_transformer(
         ValueError: neither argument given, an unknown key layout, or weights that do not fit ``config``.
     """
     dtype = parse_dtype(torch_dtype)
-    if checkpoint_key not in CHECKPOINT_KEYS:
-        raise ValueError(f"checkpoint_key={checkpoint_key!r} is not one of {CHECKPOINT_KEYS}.")
     if pretrained is None:
         if config is None:
             raise ValueError(

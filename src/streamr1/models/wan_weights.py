@@ -48,8 +48,10 @@ from diffusers import WanTransformer3DModel
 from torch import Tensor
 
 CHECKPOINT_KEYS = ("auto", "generator_ema", "generator", "state_dict", "none")
-"""Where the state dict sits in a torch file. ``auto``: ``generator_ema`` if present, else ``generator``, else
-``state_dict`` (also ``model``, ``module``), else the file is the state dict; ``none``: the file is the state dict."""
+"""Common values of ``checkpoint_key``, where the state dict sits in a torch file. ``auto``: ``generator_ema`` if
+present, else ``generator``, else ``state_dict`` (also ``model``, ``module``), else the file is the state dict;
+``none``: the file is the state dict; any other value is the key itself (``critic`` in Self-Forcing's training
+checkpoints)."""
 
 _AUTO_ORDER = ("generator_ema", "generator", "state_dict", "model", "module")
 _WRAPPERS = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
@@ -163,8 +165,6 @@ def _to_diffusers(sd: dict[str, Any], layout: str) -> dict[str, Any]:
 
 def select_state_dict(obj: Any, checkpoint_key: str, label: str) -> tuple[dict[str, Tensor], str]:
     """The state dict inside a loaded torch file, and the key it was found under (``""`` when flat)."""
-    if checkpoint_key not in CHECKPOINT_KEYS:
-        raise ValueError(f"checkpoint_key={checkpoint_key!r} is not one of {CHECKPOINT_KEYS}.")
     if not isinstance(obj, dict):
         raise ValueError(f"{label} holds a {type(obj).__name__}, not a state dict (a dict of tensors).")
 
@@ -206,6 +206,11 @@ def open_checkpoint(
     """Open one checkpoint file, or the shards of one checkpoint, reading shapes but no tensor data."""
     label = label or files[0]
     if all(f.endswith(".safetensors") for f in files):
+        if checkpoint_key not in ("auto", "none"):
+            raise ValueError(
+                f"{label} is a safetensors file, which is flat: checkpoint_key={checkpoint_key!r} names a nested "
+                "state dict it cannot have. Set `checkpoint_key: auto` (use `key_prefix` for a prefix)."
+            )
         from safetensors import safe_open
 
         raw_shapes: dict[str, tuple[int, ...]] = {}
