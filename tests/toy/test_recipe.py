@@ -33,12 +33,18 @@ def test_the_shipped_toy_files_exist():
 def test_recipe_spells_out_the_toy_constants():
     cfg = yaml.safe_load(open(RECIPE))["model"]
     assert tuple(cfg["latent_shape"]) == toy.LATENT_SHAPE
-    assert tuple(float(s) for s in cfg["denoising_steps"]) == toy.DENOISING_STEPS
-    assert cfg["shift"] == toy.SHIFT and cfg["guidance_scale"] == toy.GUIDANCE_SCALE
+    assert tuple(float(s) for s in cfg["sampling"]["denoising_steps"]) == toy.DENOISING_STEPS
+    assert cfg["sampling"]["shift"] == toy.SHIFT and cfg["dmd"]["guidance_scale"] == toy.GUIDANCE_SCALE
     assert cfg["student"]["init_args"]["chunk_frames"] == toy.CHUNK_FRAMES
     assert cfg["student"]["init_args"]["config"] == toy.STUDENT_CONFIG == cfg["critic"]["init_args"]["config"]
     assert cfg["text_encoder"]["init_args"]["dim"] == toy.TEXT_DIM == cfg["teacher"]["init_args"]["text_dim"]
     assert {k: cfg["teacher"]["init_args"][k] for k in toy.WORLD} == toy.WORLD
+    assert {k: cfg["evaluator"]["init_args"][k] for k in toy.WORLD} == toy.WORLD
+    data = yaml.safe_load(open(RECIPE))["data"]["init_args"]
+    assert data["num_captions"] == toy.WORLD["num_captions"] and data["world_seed"] == toy.WORLD["seed"]
+    # the critic starts from the pretrained model (the analogue of Wan2.1), not from the student
+    assert cfg["critic"]["init_args"]["pretrained"] == "pkg://streamr1/assets/toy_pretrained.safetensors"
+    assert cfg["dmd"]["critic_init_from_student"] is False
 
 
 def test_there_is_a_stack_for_every_row_of_the_table():

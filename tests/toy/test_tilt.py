@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from streamr1 import toy
 from streamr1.toy import tilt
 
 
@@ -47,16 +48,17 @@ class AxisReward(torch.nn.Module):
 
 def test_measure_uses_the_callbacks_weight_on_teacher_rollouts():
     video, prompts = tilt.teacher_rollouts(repeats=1, seed=0)
-    assert video.shape == (48, 8, 3, 32, 32) and len(prompts) == 48
+    n = toy.WORLD["num_captions"]
+    assert video.shape == (n, *toy.LATENT_SHAPE) and len(prompts) == n
     assert float(video.min()) >= -1 and float(video.max()) <= 1
     from streamr1.toy.oracle import classify_mode, oracle_scores
 
     modes = classify_mode(oracle_scores(video, prompts))
     out = tilt.measure(video, prompts, AxisReward())
     # W = 1: the oracle's own mode mix
-    assert out["dmd"]["share_good"] == pytest.approx(modes.count("good") / 48)
+    assert out["dmd"]["share_good"] == pytest.approx(modes.count("good") / n)
     # every toy row: r_final = z-score of the index (all axes equal), W_i = exp(2 z_i)
-    z = (torch.arange(48.0) - 23.5) / torch.arange(48.0).std()
+    z = (torch.arange(float(n)) - (n - 1) / 2) / torch.arange(float(n)).std()
     w = torch.exp(2 * z.double())
     expected = float(sum(wi for wi, m in zip(w, modes, strict=True) if m == "good") / w.sum())
     for row in ("reward_forcing", "stream_r1", "vq_only", "ta_only"):
@@ -66,7 +68,7 @@ def test_measure_uses_the_callbacks_weight_on_teacher_rollouts():
 
 
 def test_main_writes_the_table(tmp_path, monkeypatch):
-    monkeypatch.setattr(tilt, "teacher_rollouts", lambda repeats, seed: _fake_rollouts(seed))
+    monkeypatch.setattr(tilt, "teacher_rollouts", lambda repeats, seed, world=None: _fake_rollouts(seed))
     payload = tilt.main(["--output", str(tmp_path), "--repeats", "1", "--seeds", "0", "1"])
     assert len(payload["per_seed"]) == 2 and set(payload["per_seed"][0]) == set(tilt.ROWS)
     text = (tmp_path / "tilt.md").read_text()

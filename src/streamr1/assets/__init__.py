@@ -3,11 +3,16 @@
 The toy world's slow-to-make files live here, made by ``python -m streamr1.toy.assets --output src/streamr1/assets``
 (``make toy-assets``):
 
-- ``toy_student.safetensors``: the causal student after the ODE-regression stage (Self-Forcing's initialisation);
+- ``toy_pretrained.safetensors``: the tiny bidirectional Wan pretrained by flow matching on the world's videos (the
+  analogue of Wan2.1-1.3B; the DMD critic starts from it);
+- ``toy_student.safetensors``: the causal student (the pretrained weights, teacher-forcing flow matching, then
+  ODE regression on the exact teacher);
 - ``toy_reward.pt``: the toy :class:`~streamr1.rewards.openclip.OpenCLIPVideoReward` (CLIP and heads);
 - ``toy_reward_stats.json``: the reward's per-axis mean and std on the initial student's rollouts (SPEC.md §4.1);
-- ``toy_reward_spearman.json``: the reward's Spearman correlation with the oracle per axis (held-out renders);
-- ``toy_assets.json``: how they were made (architectures, budgets, timings, the student's oracle numbers).
+  ``toy_oracle_stats.json``: the same for the oracle used as a reward (the upper-bound stack);
+- ``toy_reward_spearman.json``: the reward's Spearman correlation with the oracle per axis (held-out renders and
+  held-out rollouts of the initial student);
+- ``toy_assets.json``: how they were made (the command, budgets, timings, the initial student's init check).
 
 A config names them ``pkg://streamr1/assets/<file>``; :func:`resolve` turns that into a path on disk wherever the
 package is installed, so recipes work from any working directory.

@@ -7,7 +7,9 @@ One package; the framework core never imports it. What each file is:
 - :mod:`streamr1.toy.oracle`: per-video oracle scores from the pixels; :mod:`streamr1.toy.metrics`: the same as
   torchmetrics (good-mode fraction, coverage, the module's ``evaluator``);
 - :mod:`streamr1.toy.prompts`: the world's captions as a prompt datamodule;
+- :mod:`streamr1.toy.pretrain`: flow-matching training of the tiny Wan (the pretrained model, the causal student);
 - :mod:`streamr1.toy.ode`: the student's ODE-regression initialisation (Self-Forcing);
+- :mod:`streamr1.toy.init_check`: the initial student's denoising errors and good-mode fraction;
 - :mod:`streamr1.toy.reward`: the toy reward, a real ``OpenCLIPVideoReward`` trained on the world's renders;
   :mod:`streamr1.toy.oracle_reward`: the oracle as a reward (upper bound);
 - :mod:`streamr1.toy.assets`: ``python -m streamr1.toy.assets`` makes the shipped files;
@@ -22,11 +24,13 @@ from __future__ import annotations
 
 from typing import Any
 
-WORLD: dict[str, Any] = {"num_videos": 512, "seed": 0}
-"""The :class:`~streamr1.toy.world.ToyWorld` of the recipe (teacher, evaluator): 512 videos, 48 cells, 55% good."""
+WORLD: dict[str, Any] = {"num_captions": 16, "videos_per_caption": 8, "good_per_caption": 4, "size": 16, "seed": 0}
+"""The :class:`~streamr1.toy.world.ToyWorld` of the recipe (teacher, evaluator, prompts): the exact layout, 16 fully
+specified captions in 16 different (shape, colour, direction) cells, 8 videos each (4 good, 4 flawed), 16x16 pixels.
+Chosen over the original 512-video wildcard world at 32x32 by the learning curves in ``results/world_curves.md``."""
 
-LATENT_SHAPE: tuple[int, int, int, int] = (8, 3, 32, 32)
-"""``[F, C, H, W]``: pixel space (the VAE is the identity), 8 frames of 32x32 RGB, 4 chunks of 2 frames."""
+LATENT_SHAPE: tuple[int, int, int, int] = (8, 3, 16, 16)
+"""``[F, C, H, W]``: pixel space (the VAE is the identity), 8 frames of 16x16 RGB, 4 chunks of 2 frames."""
 
 CHUNK_FRAMES = 2
 DENOISING_STEPS: tuple[float, ...] = (1000.0, 750.0, 500.0, 250.0)
@@ -35,9 +39,9 @@ GUIDANCE_SCALE = 3.0
 TEXT_DIM = 32
 
 STUDENT_CONFIG: dict[str, Any] = {
-    "patch_size": [1, 4, 4], "num_attention_heads": 4, "attention_head_dim": 32, "in_channels": 3,
+    "patch_size": [1, 2, 2], "num_attention_heads": 4, "attention_head_dim": 32, "in_channels": 3,
     "out_channels": 3, "text_dim": TEXT_DIM, "freq_dim": 64, "ffn_dim": 256, "num_layers": 4,
     "rope_max_seq_len": 32,
 }
-"""``WanTransformer3DModel`` arguments of the toy student (and critic): 4 layers, 4 heads x 32, patch (1, 4, 4)
-(64 tokens a frame), about 0.96 M parameters."""
+"""``WanTransformer3DModel`` arguments of the toy student, the pretrained model and the critic: 4 layers, 4 heads x 32,
+patch (1, 2, 2) (64 tokens a 16x16 frame, each token 12 pixel values), about 0.95 M parameters."""

@@ -20,8 +20,9 @@ remakes it (``toy_assets.json``):
    rollouts, all labelled by the oracle; ``toy_reward.pt`` and ``toy_reward_spearman.json`` (Spearman with the
    oracle per axis on held-out renders and on held-out student rollouts).
 4. **Reward statistics** (SPEC.md §4.1): the reward's per-axis mean and std over rollouts of the initial student,
-   ``toy_reward_stats.json``; and ``toy_assets.json``: architectures, budgets, timings, the initial student's
-   init check (:mod:`streamr1.toy.init_check`).
+   ``toy_reward_stats.json`` (and the oracle's, ``toy_oracle_stats.json``, for the oracle upper-bound stack); and
+   ``toy_assets.json``: the command, budgets, timings, the initial student's init check
+   (:mod:`streamr1.toy.init_check`).
 
 Budgets are arguments (``--budget tiny`` runs every stage in seconds, for tests). Files are float16 where they hold
 weights. Progress bars (tqdm) on every long step.
@@ -47,6 +48,7 @@ PRETRAINED_FILE = "toy_pretrained.safetensors"
 STUDENT_FILE = "toy_student.safetensors"
 REWARD_FILE = "toy_reward.pt"
 STATS_FILE = "toy_reward_stats.json"
+ORACLE_STATS_FILE = "toy_oracle_stats.json"
 SPEARMAN_FILE = "toy_reward_spearman.json"
 MANIFEST_FILE = "toy_assets.json"
 STAGES: tuple[str, ...] = ("pretrained", "student", "reward")
@@ -68,32 +70,37 @@ class Budget:
         calibration_repeats: student rollouts per caption for the reward statistics and the init check.
     """
 
-    pretrain_iterations: int = 1500
+    pretrain_iterations: int = 450
     pretrain_batch: int = 16
     pretrain_lr: float = 1.5e-3
-    causal_iterations: int = 300
+    causal_iterations: int = 120
     causal_lr: float = 5e-4
-    ode_per_prompt: int = 24
-    ode_steps: int = 32
-    student_iterations: int = 300
+    ode_per_prompt: int = 8
+    ode_steps: int = 16
+    student_iterations: int = 120
     student_batch: int = 16
     student_lr: float = 5e-4
-    reward_iterations: int = 1200
+    reward_iterations: int = 300
     reward_batch: int = 32
-    reward_pool: int = 3072
-    reward_rollouts: int = 1024
+    reward_pool: int = 1024
+    reward_rollouts: int = 256
     reward_lr: float = 2e-3
-    spearman_renders: int = 512
-    calibration_repeats: int = 8
+    spearman_renders: int = 256
+    calibration_repeats: int = 4
 
 
 BUDGETS: dict[str, Budget] = {
-    "full": Budget(),
+    "default": Budget(),
+    "long": Budget(pretrain_iterations=3000, causal_iterations=600, ode_per_prompt=24, ode_steps=32,
+                   student_iterations=600, reward_iterations=1200, reward_pool=3072, reward_rollouts=1024,
+                   spearman_renders=512, calibration_repeats=8),
     "tiny": Budget(pretrain_iterations=2, pretrain_batch=4, causal_iterations=2, ode_per_prompt=1, ode_steps=4,
                    student_iterations=2, student_batch=4, reward_iterations=2, reward_batch=4, reward_pool=16,
                    reward_rollouts=8, spearman_renders=16, calibration_repeats=1),
 }
-"""``full``: the shipped files (about an hour on 2 busy CPU cores); ``tiny``: seconds, for tests."""
+"""``default``: the shipped files (about 25 single-thread CPU-minutes; made on one shared core, see
+``toy_assets.json``); ``long``: about 6x the training steps (about an hour on 2 free cores), for a better student;
+``tiny``: seconds, for tests."""
 
 
 @contextmanager
@@ -286,20 +293,25 @@ def make_reward(budget: Budget, student: Any, seed: int = 0) -> tuple[Any, dict[
     return reward, summary
 
 
-def calibrate_reward(reward: Any, student: Any, budget: Budget, seed: int = 0) -> tuple[dict[str, Any], dict]:
-    """Stage 4: the reward's per-axis statistics over the student's rollouts, and the student's init check."""
+def calibrate_reward(reward: Any, student: Any, budget: Budget,
+                     seed: int = 0) -> tuple[dict[str, Any], dict[str, Any], dict]:
+    """Stage 4: the per-axis statistics of the reward and of the oracle-as-reward
+    (:class:`~streamr1.toy.oracle_reward.OracleReward`) over the student's rollouts, and the student's init check."""
     from streamr1.rewards.calibration import calibrate_from_videos
     from streamr1.toy.init_check import check_student
+    from streamr1.toy.oracle_reward import OracleReward
     from streamr1.toy.text import ToyTextEncoder
 
     video, prompts = sample_rollouts(student, budget.calibration_repeats, seed=seed + 1)
     stats = calibrate_from_videos(reward, zip(video, prompts, strict=True), batch_size=64)
+    oracle_stats = calibrate_from_videos(OracleReward(), zip(video, prompts, strict=True), batch_size=64)
     numbers = check_student(student, build_world(), ToyTextEncoder(dim=toy.TEXT_DIM), _levels(),
                             repeats=budget.calibration_repeats, seed=seed)
-    return stats, numbers
+    return stats, oracle_stats, numbers
 
 
-def make_assets(output: str, budget: Budget, seed: int = 0, stages: Sequence[str] = STAGES) -> dict:
+def make_assets(output: str, budget: Budget, seed: int = 0, stages: Sequence[str] = STAGES,
+                budget_name: str = "default") -> dict:
     """Run the stages and write every file into ``output``; returns the manifest (also ``toy_assets.json``).
 
     Stages not listed are read from ``output`` (a later stage uses an earlier one's file)."""
@@ -316,7 +328,8 @@ def make_assets(output: str, budget: Budget, seed: int = 0, stages: Sequence[str
             manifest = json.load(fh)
     manifest.pop("student_seconds", None)
     manifest.update({"command": "python -m streamr1.toy.assets --output src/streamr1/assets"
-                     + ("" if tuple(stages) == STAGES else " --stages " + " ".join(stages)),
+                     + ("" if tuple(stages) == STAGES else " --stages " + " ".join(stages))
+                     + ("" if budget_name == "default" else f" --budget {budget_name}"),
                      "seed": seed, "budget": asdict(budget), "world": dict(toy.WORLD),
                      "torch": torch.__version__, "threads": torch.get_num_threads()})
     start = time.perf_counter()
@@ -343,8 +356,9 @@ def make_assets(output: str, budget: Budget, seed: int = 0, stages: Sequence[str
                              "quality modes uniformly) and held-out few-step samples of the shipped initial student"})
     else:
         reward = toy_reward(paths["reward"])
-    stats, numbers = calibrate_reward(reward, student, budget, seed)
+    stats, oracle_stats, numbers = calibrate_reward(reward, student, budget, seed)
     _write_json(os.path.join(output, STATS_FILE), stats)
+    _write_json(os.path.join(output, ORACLE_STATS_FILE), oracle_stats)
     manifest["initial_student"] = numbers
     manifest["seconds"] = round(time.perf_counter() - start, 1)
     _write_json(manifest_path, manifest)
@@ -355,7 +369,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="python -m streamr1.toy.assets", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", default="src/streamr1/assets", help="folder to write the files into")
-    parser.add_argument("--budget", choices=sorted(BUDGETS), default="full", help="work per stage (tiny: tests)")
+    parser.add_argument("--budget", choices=sorted(BUDGETS), default="default", help="work per stage (tiny: tests)")
     parser.add_argument("--stages", nargs="+", choices=list(STAGES), default=list(STAGES),
                         help="stages to (re)make; the others are read from --output (statistics are always redone)")
     parser.add_argument("--seed", type=int, default=0)
@@ -368,7 +382,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     for name in ("pretrain_iterations", "causal_iterations", "student_iterations", "reward_iterations"):
         if getattr(args, name) is not None:
             setattr(budget, name, getattr(args, name))
-    manifest = make_assets(args.output, budget, args.seed, args.stages)
+    manifest = make_assets(args.output, budget, args.seed, args.stages, args.budget)
     if "reward" in args.stages:
         for key in ("spearman", "spearman_student_rollouts"):
             rho = manifest["reward"][key]

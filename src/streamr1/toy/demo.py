@@ -2,7 +2,7 @@
 
 What it does, all through the real CLI and configs, in this process:
 
-1. measures the initial student (the shipped ODE-regression initialisation) on fixed noise: oracle good-mode
+1. measures the initial student (the shipped initialisation, ``make toy-assets``) on fixed noise: oracle good-mode
    fraction, coverage and per-axis scores, and the reward's scores (:mod:`streamr1.toy.evaluation`);
 2. ``streamr1 fit --config configs/quickstart.yaml --config callbacks/stream_r1.yaml`` with a TensorBoard logger in
    ``<output>/tensorboard`` (losses, rewards, weights, saliency heat maps, GIFs of validation samples);
@@ -44,8 +44,10 @@ ROWS: tuple[tuple[str, str, str], ...] = (
 """Report rows: metric key, label, which direction is better."""
 
 
-def measure(student: Any, prompts: Sequence[str], seed: int, reward: Any) -> dict[str, float]:
-    """Oracle and reward numbers of ``student`` on ``prompts`` from fixed noise (``seed``)."""
+def measure(student: Any, prompts: Sequence[str], seed: int, reward: Any,
+            world: dict[str, Any] | None = None) -> dict[str, float]:
+    """Oracle and reward numbers of ``student`` on ``prompts`` from fixed noise (``seed``), against ``world``
+    (:class:`~streamr1.toy.world.ToyWorld` arguments; the recipe's by default)."""
     from streamr1.flow import warped_steps
     from streamr1.toy.evaluation import evaluate_videos, sample_student
     from streamr1.toy.text import ToyTextEncoder
@@ -53,13 +55,13 @@ def measure(student: Any, prompts: Sequence[str], seed: int, reward: Any) -> dic
 
     video = sample_student(student, ToyTextEncoder(dim=toy.TEXT_DIM), prompts, toy.LATENT_SHAPE,
                            warped_steps(toy.DENOISING_STEPS, toy.SHIFT), seed=seed)
-    return evaluate_videos(video, prompts, ToyWorld(**toy.WORLD), reward)
+    return evaluate_videos(video, prompts, ToyWorld(**(toy.WORLD if world is None else world)), reward)
 
 
 def report_markdown(before: dict[str, float], after: dict[str, float], after_ema: dict[str, float] | None,
                     info: dict[str, Any]) -> str:
     """The before/after table as markdown."""
-    head = "| metric | before (ODE init) | after (student) | change |"
+    head = "| metric | before (initial student) | after (student) | change |"
     sep = "|---|---|---|---|"
     if after_ema is not None:
         head, sep = head + " after (EMA) |", sep + "---|"
@@ -67,7 +69,7 @@ def report_markdown(before: dict[str, float], after: dict[str, float], after_ema
         "# Stream-R1 on the toy world: before and after",
         "",
         f"Command: `{info['command']}` ({info['fit_seconds']:.0f} s fit, {info['student_steps']} student steps, "
-        f"{info['critic_steps']} critic steps). Evaluation: {info['samples']} samples (each of the 48 cell captions "
+        f"{info['critic_steps']} critic steps). Evaluation: {info['samples']} samples (each of the world's captions "
         f"{info['repeats']} times) from the same fixed noise before and after; oracle numbers from the pixels "
         "(streamr1.toy.oracle), reward numbers from the toy reward (raw scores).",
         "",
@@ -98,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--stack", default="stream_r1", help="callback stack from callbacks/ (file stem)")
     parser.add_argument("--max-steps", type=int, default=300,
                         help="trainer.max_steps: critic + student optimizer steps (300 = 250 critic + 50 student)")
-    parser.add_argument("--repeats", type=int, default=4, help="evaluation samples per cell caption (48 captions)")
+    parser.add_argument("--repeats", type=int, default=8, help="evaluation samples per world caption")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     check_assets()

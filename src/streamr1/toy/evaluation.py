@@ -77,9 +77,13 @@ def evaluate_videos(video: Tensor, prompts: Sequence[str], world: ToyWorld, rewa
     return out
 
 
-def eval_prompts(repeats: int = 4) -> list[str]:
-    """The 48 cell captions, each ``repeats`` times in a row (the evaluation prompt set)."""
-    return [p for p in ToyWorld.cell_prompts() for _ in range(repeats)]
+def eval_prompts(repeats: int = 4, world: ToyWorld | None = None) -> list[str]:
+    """The evaluation prompt set: the world's prompts (:meth:`~streamr1.toy.world.ToyWorld.train_prompts`; the
+    recipe's world, :data:`streamr1.toy.WORLD`, by default), each ``repeats`` times in a row."""
+    from streamr1 import toy
+
+    world = world if world is not None else ToyWorld(**toy.WORLD)
+    return [p for p in world.train_prompts() for _ in range(repeats)]
 
 
 def evaluate_folder(root: str, world: ToyWorld | None = None, reward: Any = None, prompts_file: str | None = None,
@@ -87,8 +91,8 @@ def evaluate_folder(root: str, world: ToyWorld | None = None, reward: Any = None
     """:func:`evaluate_videos` on a folder of video files (decord, PyAV where decord fails).
 
     Videos are read by :class:`~streamr1.data.videos.VideoFolderDataset` (prompts from sidecar ``.txt`` files or
-    ``prompts_file``) at the world's size, ``[T, 3, H, W]`` of the recipe (8 frames of 32x32); a video of another
-    frame count or size is resampled to it.
+    ``prompts_file``) at the world's size, ``[T, 3, H, W]`` of the recipe (:data:`streamr1.toy.LATENT_SHAPE`); a
+    video of another frame count or size is resampled to it.
 
     Example::
 

@@ -171,8 +171,9 @@ class ToyOracleMetrics(MetricCollection):
     The oracle scores each batch once; every member metric is fed from that one pass.
 
     Args:
-        num_videos, seed, mode_probs, frames, size: the :class:`~streamr1.toy.world.ToyWorld` the teacher was built
-            on (same arguments as :class:`~streamr1.toy.teacher.MixtureTeacher`); mode coverage is measured against it.
+        num_videos, seed, mode_probs, frames, size, num_captions, videos_per_caption, good_per_caption: the
+            :class:`~streamr1.toy.world.ToyWorld` the teacher was built on (same arguments as
+            :class:`~streamr1.toy.teacher.MixtureTeacher`); mode coverage is measured against it.
         world: the world itself (overrides the arguments above).
 
     Example::
@@ -189,9 +190,12 @@ class ToyOracleMetrics(MetricCollection):
         metrics.compute()["good_fraction"]
     """
 
-    def __init__(self, num_videos: int = 512, seed: int = 0, mode_probs: dict[str, float] | None = None,
-                 frames: int = 8, size: int = 32, world: ToyWorld | None = None) -> None:
-        world = world if world is not None else ToyWorld(num_videos, seed, mode_probs, frames, size)
+    def __init__(self, num_videos: int | None = None, seed: int = 0, mode_probs: dict[str, float] | None = None,
+                 frames: int = 8, size: int = 32, world: ToyWorld | None = None, num_captions: int | None = None,
+                 videos_per_caption: int = 8, good_per_caption: int = 4) -> None:
+        world = world if world is not None else ToyWorld(
+            num_videos, seed, mode_probs, frames, size, num_captions=num_captions,
+            videos_per_caption=videos_per_caption, good_per_caption=good_per_caption)
         metrics: dict[str, Metric] = {
             "good_fraction": GoodModeFraction(),
             "mode_coverage": ModeCoverage(world),

@@ -6,10 +6,11 @@ these hand-written detectors measure each axis directly from the pixels; they ar
 calibrating a reward model (rank correlation) and for the paper's claim (does the reward-weighted student
 land in good modes more often than plain DMD?).
 
-- ``VQ``: ``1 - noise / 0.05 - relu(0.8 - sharpness) / 0.3 - relu(fidelity - 0.3) / 0.25``, from the median
-  absolute high-frequency residual (``x - blur(x)``: noise), the steepest edge relative to the image's contrast
-  (blur) and the distance of the shape's colour to the palette (ghosts: averages of several videos). About 1
-  for a clean, sharp render, below 0 for a noisy, blurred or ghosted one.
+- ``VQ``: ``1 - noise / 0.05 - relu(0.8 - sharpness) / 0.3 - relu(fidelity - 0.3) / 0.25 - relu(0.3 - opacity) /
+  0.1``, from the median absolute high-frequency residual (``x - blur(x)``: noise), the steepest edge relative to
+  the image's contrast (blur), the distance of the shape's colour to the palette (ghosts: averages of videos of
+  different colours) and the opaque share of the shape (ghosts: semi-transparent copies of one shape). About 1 for
+  a clean, sharp render, below 0 for a noisy, blurred or ghosted one.
 - ``MQ``: ``-mean_t ||c_{t+1} - 2 c_t + c_{t-1}||`` (pixels at ``size = 32``) of the tracked foreground centroid
   ``c_t``: about 0 for constant velocity, strongly negative for jitter and jumps.
 - ``TA``: ``(p_colour + p_direction) / 2`` in ``[0, 1]``: the soft probability that the dominant foreground colour
@@ -47,6 +48,12 @@ FIDELITY_REF = 0.3
 """Distance of the foreground colour to the palette above which VQ is penalised (clean renders: below 0.06, below
 0.21 after an H.264 round trip; a 70/30 ghost: about 0.5)."""
 FIDELITY_SCALE = 0.25
+OPACITY_REF = 0.3
+"""Opaque share of the shape below which VQ is penalised: pixels at least ``OPAQUE_ALPHA`` opaque over the shape's
+total opacity (clean renders: 0.43-0.8 at size 16, 0.67-0.9 at size 32, triangles lowest; a 50/50 or 70/30 blend of
+two displaced renders of one caption - a ghost whose copies overlap little: 0-0.2)."""
+OPACITY_SCALE = 0.1
+OPAQUE_ALPHA = 0.75
 FG_THRESHOLD = 0.25
 """Colour distance (RGB, ``[-1, 1]`` units) to the background below which a pixel is not foreground."""
 DIRECTION_TEMPERATURE = 0.25
@@ -88,10 +95,17 @@ def visual_quality(video: Tensor, colour: Tensor | None = None) -> dict[str, Ten
       spans the full contrast within two pixels whatever its sub-pixel phase (1.0), a blurred one does not;
     - ``fidelity``: RGB distance from the foreground's core colour (:func:`track`) to the nearest palette colour:
       a ghost (the average of several videos, semi-transparent shapes) or a washed-out shape is far from every
-      palette colour; 2 when there is no foreground at all.
+      palette colour; 2 when there is no foreground at all;
+    - ``opacity``: each pixel's opacity ``alpha`` is its position on the segment from the frame's background (border
+      median) to the palette colour nearest the foreground colour, clamped to ``[0, 1]``; ``opacity`` is the number
+      of pixels with ``alpha >= OPAQUE_ALPHA`` over the total ``alpha`` of the pixels above 0.1, averaged over
+      frames. A render's shape is opaque inside its one-pixel anti-aliased rim; a blend of two displaced copies of
+      one shape (a ghost of one caption: same colour, so ``fidelity`` cannot see it) is semi-transparent except
+      where the copies overlap. A copy weighted ``>= 0.75`` with a faint second one stays opaque: within tolerance.
 
     ``VQ = 1 - noise / NOISE_REF - relu(SHARP_REF - sharpness) / SHARP_SCALE - relu(fidelity - FIDELITY_REF) /
-    FIDELITY_SCALE``. ``colour`` ``[B, 3]``: the foreground colour if already tracked.
+    FIDELITY_SCALE - relu(OPACITY_REF - opacity) / OPACITY_SCALE``. ``colour`` ``[B, 3]``: the foreground colour if
+    already tracked.
     """
     v = _check_video(video)
     resid = (v - gaussian_blur(v, 1.0)).abs().flatten(3)  # [B, T, 3, HW]
@@ -107,9 +121,27 @@ def visual_quality(video: Tensor, colour: Tensor | None = None) -> dict[str, Ten
     palette = torch.tensor([COLOUR_RGB[c] for c in COLOURS], dtype=v.dtype, device=v.device)
     fidelity = torch.cdist(colour, palette).amin(-1)
     fidelity = torch.where(torch.isnan(fidelity), torch.full_like(fidelity, 2.0), fidelity)
+    opacity = _opacity(v, palette[torch.cdist(torch.nan_to_num(colour), palette).argmin(-1)])
     vq = (1.0 - noise / NOISE_REF - F.relu(SHARP_REF - sharp) / SHARP_SCALE
-          - F.relu(fidelity - FIDELITY_REF) / FIDELITY_SCALE)
-    return {"VQ": vq, "noise": noise, "sharpness": sharp, "fidelity": fidelity}
+          - F.relu(fidelity - FIDELITY_REF) / FIDELITY_SCALE - F.relu(OPACITY_REF - opacity) / OPACITY_SCALE)
+    return {"VQ": vq, "noise": noise, "sharpness": sharp, "fidelity": fidelity, "opacity": opacity}
+
+
+def _background(v: Tensor) -> Tensor:
+    """``[B, T, 3]``: the median of each frame's one-pixel border."""
+    border = torch.cat([v[..., 0, :], v[..., -1, :], v[..., 1:-1, 0], v[..., 1:-1, -1]], dim=-1)  # [B, T, 3, P]
+    return border.median(dim=-1).values
+
+
+def _opacity(v: Tensor, fg: Tensor) -> Tensor:
+    """``[B]``: the opaque share of the shape (:func:`visual_quality`) for foreground colours ``fg`` ``[B, 3]``."""
+    bg = _background(v)  # [B, T, 3]
+    d = fg.unsqueeze(1) - bg  # [B, T, 3]
+    norm = d.pow(2).sum(-1).clamp_min(1e-6)  # [B, T]
+    alpha = (((v - bg[..., None, None]) * d[..., None, None]).sum(2) / norm[..., None, None]).clamp(0.0, 1.0)
+    mass = (alpha * (alpha > 0.1)).flatten(2).sum(-1)  # [B, T]
+    opaque = (alpha >= OPAQUE_ALPHA).flatten(2).sum(-1).to(v.dtype)
+    return (opaque / mass.clamp_min(1e-6)).clamp(max=1.0).mean(1)
 
 
 def track(video: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -125,8 +157,7 @@ def track(video: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """
     v = _check_video(video)
     b, t, _, h, w = v.shape
-    border = torch.cat([v[..., 0, :], v[..., -1, :], v[..., 1:-1, 0], v[..., 1:-1, -1]], dim=-1)  # [B, T, 3, P]
-    bg = border.median(dim=-1).values  # [B, T, 3]
+    bg = _background(v)  # [B, T, 3]
     smooth = gaussian_blur(v, 0.7)
     dist = (smooth - bg[..., None, None]).pow(2).sum(dim=2).sqrt()  # [B, T, H, W]
     wgt = F.relu(dist - FG_THRESHOLD)

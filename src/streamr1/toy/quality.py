@@ -140,20 +140,39 @@ def plot(agg: dict[str, dict[str, tuple[float, float]]], path: str) -> None:
     plt.close(fig)
 
 
+def world_overrides(world: dict[str, Any]) -> list[str]:
+    """``streamr1 fit`` arguments that put the recipe's teacher, evaluator and prompts on ``world`` (exact-layout
+    :class:`~streamr1.toy.world.ToyWorld` arguments); none for the recipe's own world. The shipped student and critic
+    were made on the recipe's world: on another one they start off its distribution."""
+    if world == toy.WORLD:
+        return []
+    if world.get("size", toy.WORLD["size"]) != toy.WORLD["size"]:
+        raise ValueError(f"The quality table runs the recipe's {toy.WORLD['size']}x{toy.WORLD['size']} student; "
+                         f"world size {world['size']} needs other assets.")
+    out = []
+    for key in ("num_captions", "videos_per_caption", "good_per_caption", "seed"):
+        for part in ("teacher", "evaluator"):
+            out += [f"--model.{part}.init_args.{key}", str(world[key])]
+    return out + ["--data.init_args.num_captions", str(world["num_captions"]),
+                  "--data.init_args.world_seed", str(world["seed"])]
+
+
 def run_one(stack: str, seed: int, out: str, max_steps: int, prompts: Sequence[str], reward: Any,
-            extra: Sequence[str] = ()) -> dict[str, float]:
+            extra: Sequence[str] = (), world: dict[str, Any] | None = None) -> dict[str, float]:
     """One row entry: fit ``stack`` with ``seed`` (in-process CLI), then measure the trained student."""
     from streamr1.toy.evaluation import evaluate_videos, sample_videos
     from streamr1.toy.world import ToyWorld
 
+    world = dict(toy.WORLD if world is None else world)
     args = ["--trainer.max_steps", str(max_steps), "--trainer.limit_val_batches", "0",
             "--trainer.enable_checkpointing", "false", "--trainer.enable_progress_bar", "false",
-            "--seed_everything", str(seed), "--model.seed", str(seed), "--data.init_args.seed", str(seed), *extra]
+            "--seed_everything", str(seed), "--model.seed", str(seed), "--data.init_args.seed", str(seed),
+            *world_overrides(world), *extra]
     start = time.perf_counter()
     cli = fit(stack, os.path.join(out, "tensorboard"), f"{stack}_s{seed}", args)
     seconds = time.perf_counter() - start
     video = sample_videos(cli.model, prompts, seed=EVAL_SEED)
-    numbers = evaluate_videos(video, prompts, ToyWorld(**toy.WORLD), reward)
+    numbers = evaluate_videos(video, prompts, ToyWorld(**world), reward)
     numbers.update({"fit_seconds": seconds, "threads": float(torch.get_num_threads()),
                     "student_steps": float(cli.model.student_steps),
                     "critic_steps": float(cli.model.critic_steps)})
@@ -168,10 +187,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--max-steps", type=int, default=300,
                         help="trainer.max_steps of every run (critic + student optimizer steps)")
-    parser.add_argument("--repeats", type=int, default=4, help="evaluation samples per cell caption")
+    parser.add_argument("--repeats", type=int, default=8, help="evaluation samples per world caption")
     parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[],
                         help="further `streamr1 fit` arguments for every run (after everything else)")
+    from streamr1.toy.world import ToyWorld, add_world_arguments, world_from_arguments
+
+    add_world_arguments(parser)
     args = parser.parse_args(argv)
+    world = world_from_arguments(args)
     check_assets()
     out = os.path.abspath(args.output)
     logs = os.path.abspath(args.logs)
@@ -186,10 +209,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     from streamr1.toy.evaluation import eval_prompts
     from streamr1.toy.reward import toy_reward
 
-    prompts = eval_prompts(args.repeats)
+    prompts = eval_prompts(args.repeats, ToyWorld(**world))
     reward = toy_reward(resolve(f"pkg://streamr1/assets/{REWARD_FILE}"))
     start = time.perf_counter()
-    init = measure(build_student(resolve(f"pkg://streamr1/assets/{STUDENT_FILE}")), prompts, EVAL_SEED, reward)
+    init = measure(build_student(resolve(f"pkg://streamr1/assets/{STUDENT_FILE}")), prompts, EVAL_SEED, reward,
+                   world)
     runs: dict[str, list[dict[str, float]]] = {"init": [init]}
     jobs = [(stack, seed) for stack in args.stacks for seed in args.seeds]
     bar = tqdm(jobs, desc="quality table runs", dynamic_ncols=True)
@@ -201,7 +225,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 numbers = json.load(fh)
         else:
             torch.manual_seed(seed)
-            numbers = run_one(stack, seed, logs, args.max_steps, prompts, reward, args.extra)
+            numbers = run_one(stack, seed, logs, args.max_steps, prompts, reward, args.extra, world)
             with open(path, "w", encoding="utf-8") as fh:
                 json.dump(numbers, fh, indent=2)
         runs.setdefault(stack, []).append(numbers)
@@ -217,7 +241,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "threads": sorted({int(r.get("threads", torch.get_num_threads())) for rows in runs.values() for r in rows
                                 if "fit_seconds" in r}),
             "fit_minutes": sum(r.get("fit_seconds", 0.0) for rows in runs.values() for r in rows) / 60,
-            "world": toy.WORLD, "eval_seed": EVAL_SEED}
+            "world": world, "eval_seed": EVAL_SEED}
     with open(os.path.join(out, "quality.md"), "w", encoding="utf-8") as fh:
         fh.write(table_markdown(agg, info))
     with open(os.path.join(out, "quality.json"), "w", encoding="utf-8") as fh:

@@ -35,7 +35,7 @@ from torch import Tensor
 from streamr1.protocols import AXES
 from streamr1.rewards.openclip import FORMAT, OpenCLIPVideoReward
 from streamr1.toy.oracle import oracle_scores
-from streamr1.toy.world import MODES, ToyAttributes, caption, render_with_info, sample_attributes
+from streamr1.toy.world import MODES, ToyAttributes, ToyWorld, caption, render_with_info, sample_attributes
 
 TOY_REWARD_CONFIG: dict[str, Any] = {
     "embed_dim": 32,
@@ -52,30 +52,42 @@ LABEL_RANGE: dict[str, tuple[float, float]] = {"VQ": (-2.0, 1.2), "MQ": (-4.0, 0
 ProgressFn = Callable[[int, dict[str, float]], None]
 
 
-def toy_reward(state_path: str | None = None, seed: int = 0) -> OpenCLIPVideoReward:
-    """The toy reward: weights from ``state_path`` (a file from :func:`save_compact`), else random."""
+def toy_reward(state_path: str | None = None, seed: int = 0, size: int = 32) -> OpenCLIPVideoReward:
+    """The toy reward: weights from ``state_path`` (a file from :func:`save_compact`), else random, for frames of
+    ``size`` pixels (the ViT keeps 64 tokens a frame: patch ``size / 8``)."""
     if state_path is not None:
         return OpenCLIPVideoReward(state_path=state_path)
-    return OpenCLIPVideoReward(model_config=copy.deepcopy(TOY_REWARD_CONFIG), seed=seed)
+    if size % 8:
+        raise ValueError(f"The toy reward needs a frame size divisible by 8 (64 patches a frame); got {size}.")
+    config = copy.deepcopy(TOY_REWARD_CONFIG)
+    config["vision_cfg"].update(image_size=int(size), patch_size=int(size) // 8)
+    return OpenCLIPVideoReward(model_config=config, seed=seed)
 
 
 @torch.no_grad()
 def reward_examples(num: int, seed: int, frames: int = 8, size: int = 32, p_ghost: float = 0.25,
-                    p_noise: float = 0.15, augment: bool = True) -> dict[str, Any]:
+                    p_noise: float = 0.15, augment: bool = True, world: ToyWorld | None = None) -> dict[str, Any]:
     """Fresh labelled toy videos for training or evaluating a reward.
 
-    Modes are drawn uniformly from :data:`~streamr1.toy.world.MODES`. With ``augment``, a video is with probability
+    Captions: with ``world``, uniformly among the world's captions (rendered at the world's ``frames`` and ``size``,
+    with fresh seeds: new videos of the same captions), else :func:`~streamr1.toy.world.sample_attributes`. Modes
+    are drawn uniformly from :data:`~streamr1.toy.world.MODES`. With ``augment``, a video is with probability
     ``p_ghost`` blended with a second render of the same caption (weight ``a ~ U(0.25, 0.75)``: a ghost) and with
     probability ``p_noise`` gets Gaussian pixel noise of std ``U(0, 0.12)``.
 
     Returns:
         ``{"video": [N, T, 3, H, W] in [-1, 1], "prompt": N requested captions, "shown": N captions of what is
-        drawn (colour and direction as rendered), "oracle": {axis: [N]}, "mode": N mode names}``.
+        drawn (colour and direction as rendered), "oracle": {axis: [N]}, "mode": N mode names, "clip": [N] bool
+        (every video takes part in the contrastive loss)}``.
     """
     g = torch.Generator().manual_seed(seed)
+    choices = None
+    if world is not None:
+        frames, size = world.frames, world.size
+        choices = list(dict.fromkeys(world.attributes))
     videos, prompts, shown, modes = [], [], [], []
     for _ in range(num):
-        attrs = sample_attributes(g)
+        attrs = sample_attributes(g) if choices is None else choices[int(torch.randint(len(choices), (), generator=g))]
         mode = MODES[int(torch.randint(len(MODES), (), generator=g))]
         rseed = int(torch.randint(0, 2**31 - 1, (), generator=g))
         video, info = render_with_info(attrs, mode, rseed, frames, size)
@@ -94,7 +106,26 @@ def reward_examples(num: int, seed: int, frames: int = 8, size: int = 32, p_ghos
         modes.append(mode)
     video = torch.stack(videos)
     return {"video": video, "prompt": prompts, "shown": shown, "oracle": oracle_scores(video, prompts),
-            "mode": modes}
+            "mode": modes, "clip": torch.ones(num, dtype=torch.bool)}
+
+
+@torch.no_grad()
+def rollout_examples(video: Tensor, prompts: Sequence[str]) -> dict[str, Any]:
+    """Labelled examples from generated videos (a student's rollouts): the oracle labels each axis; what is drawn is
+    unknown, so they take no part in the contrastive loss (``clip`` False) and ``shown`` is the prompt."""
+    from streamr1.toy.oracle import classify_mode
+
+    oracle = oracle_scores(video, list(prompts))
+    return {"video": video.float().clamp(-1, 1), "prompt": list(prompts), "shown": list(prompts), "oracle": oracle,
+            "mode": classify_mode(oracle), "clip": torch.zeros(video.shape[0], dtype=torch.bool)}
+
+
+def concat_examples(*parts: dict[str, Any]) -> dict[str, Any]:
+    """One pool from several :func:`reward_examples` / :func:`rollout_examples` results."""
+    return {"video": torch.cat([p["video"] for p in parts]), "prompt": [x for p in parts for x in p["prompt"]],
+            "shown": [x for p in parts for x in p["shown"]], "mode": [x for p in parts for x in p["mode"]],
+            "oracle": {a: torch.cat([p["oracle"][a] for p in parts]) for a in AXES},
+            "clip": torch.cat([p["clip"] for p in parts])}
 
 
 def _targets(oracle: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -102,13 +133,14 @@ def _targets(oracle: dict[str, Tensor]) -> dict[str, Tensor]:
 
 
 def reward_loss(reward: OpenCLIPVideoReward, video: Tensor, prompts: Sequence[str], shown: Sequence[str],
-                oracle: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
+                oracle: dict[str, Tensor], clip: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
     """Contrastive frames<->captions loss plus Huber regressions of the three heads to the (clipped) oracle.
 
     Args:
         video: ``[B, T, 3, H, W]`` in ``[-1, 1]``.
         prompts: requested captions (TA target); ``shown``: captions of what is drawn (contrastive pairs).
         oracle: ``{axis: [B]}`` oracle scores.
+        clip: ``[B]`` bool, the videos that take part in the contrastive loss (``None``: all).
     """
     pixels = ((video + 1) * 0.5).clamp(0, 1)
     emb = reward.embed_video(pixels)  # [B, T, D] unit
@@ -116,12 +148,17 @@ def reward_loss(reward: OpenCLIPVideoReward, video: Tensor, prompts: Sequence[st
     text_req = reward.embed_text(list(prompts), emb.device)
     clip_model: Any = reward.clip
     scale = clip_model.logit_scale.exp().clamp(max=100.0)
-    vid = F.normalize(emb.mean(dim=1), dim=-1)
-    logits = scale * vid @ text_shown.T
-    same = torch.tensor([[a == b for b in shown] for a in shown], dtype=logits.dtype, device=logits.device)
-    target = same / same.sum(dim=1, keepdim=True)  # duplicate captions in a batch are all positives
-    contrastive = 0.5 * (torch.sum(-target * logits.log_softmax(dim=1), dim=1).mean()
-                         + torch.sum(-target * logits.log_softmax(dim=0).T, dim=1).mean())
+    keep = torch.ones(len(shown), dtype=torch.bool) if clip is None else clip.bool().cpu()
+    contrastive = emb.new_zeros(())
+    if int(keep.sum()) > 1:
+        sel = torch.nonzero(keep).squeeze(1).to(emb.device)
+        kept = [shown[i] for i in sel.tolist()]
+        vid = F.normalize(emb[sel].mean(dim=1), dim=-1)
+        logits = scale * vid @ text_shown[sel].T
+        same = torch.tensor([[a == b for b in kept] for a in kept], dtype=logits.dtype, device=logits.device)
+        target = same / same.sum(dim=1, keepdim=True)  # duplicate captions in a batch are all positives
+        contrastive = 0.5 * (torch.sum(-target * logits.log_softmax(dim=1), dim=1).mean()
+                             + torch.sum(-target * logits.log_softmax(dim=0).T, dim=1).mean())
     y = _targets(oracle)
     pred = {"VQ": reward.heads["VQ"](emb), "MQ": reward.heads["MQ"](emb), "TA": reward.heads["TA"](emb, text_req)}
     reg = {a: F.smooth_l1_loss(pred[a], y[a].to(pred[a]), beta=0.5) for a in AXES}
@@ -132,7 +169,8 @@ def reward_loss(reward: OpenCLIPVideoReward, video: Tensor, prompts: Sequence[st
 
 def train_toy_reward(reward: OpenCLIPVideoReward, iterations: int, batch_size: int = 32, lr: float = 2e-3,
                      pool_size: int = 4096, refresh_every: int = 0, seed: int = 0,
-                     progress: ProgressFn | None = None) -> list[dict[str, float]]:
+                     progress: ProgressFn | None = None, world: ToyWorld | None = None,
+                     extra: dict[str, Any] | None = None) -> list[dict[str, float]]:
     """Train the CLIP towers and heads of ``reward`` on toy renders (module docstring); frozen again at the end.
 
     Args:
@@ -143,13 +181,20 @@ def train_toy_reward(reward: OpenCLIPVideoReward, iterations: int, batch_size: i
         pool_size: labelled videos rendered up front (:func:`reward_examples`), sampled with replacement.
         refresh_every: render a fresh pool every this many steps (0: never).
         seed: seed of the renders and of the sampling.
+        world: render the world's captions at its size (:func:`reward_examples`); ``None``: random attributes.
+        extra: more labelled examples always in the pool (e.g. :func:`rollout_examples` of a student's samples).
         progress: called with ``(1, logs)`` after each step.
 
     Returns:
         The logs of every step.
     """
     g = torch.Generator().manual_seed(seed)
-    pool = reward_examples(pool_size, seed=seed)
+    def make_pool(s: int) -> dict[str, Any]:
+        fresh = reward_examples(pool_size, seed=s, world=world)
+        return fresh if extra is None else concat_examples(fresh, extra)
+
+    pool = make_pool(seed)
+    total = pool["video"].shape[0]
     reward.train()
     reward.requires_grad_(True)
     params = [p for p in reward.parameters() if p.requires_grad]
@@ -161,10 +206,11 @@ def train_toy_reward(reward: OpenCLIPVideoReward, iterations: int, batch_size: i
     history: list[dict[str, float]] = []
     for step in range(iterations):
         if refresh_every and step and step % refresh_every == 0:
-            pool = reward_examples(pool_size, seed=seed + step)
-        idx = torch.randint(0, pool_size, (batch_size,), generator=g)
+            pool = make_pool(seed + step)
+        idx = torch.randint(0, total, (batch_size,), generator=g)
         loss, logs = reward_loss(reward, pool["video"][idx], [pool["prompt"][i] for i in idx],
-                                 [pool["shown"][i] for i in idx], {a: pool["oracle"][a][idx] for a in AXES})
+                                 [pool["shown"][i] for i in idx], {a: pool["oracle"][a][idx] for a in AXES},
+                                 pool["clip"][idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -198,13 +244,15 @@ def spearman(a: Tensor, b: Tensor) -> float:
 
 
 def reward_oracle_spearman(reward: OpenCLIPVideoReward, num: int = 1024, seed: int = 10_000,
-                           augment: bool = False) -> dict[str, float]:
+                           augment: bool = False, world: ToyWorld | None = None,
+                           examples: dict[str, Any] | None = None) -> dict[str, float]:
     """Spearman correlation of the reward with the oracle, per axis, on ``num`` held-out labelled renders.
 
     The renders use seeds the training never drew (``seed`` far from the training seeds) and, by default, no
-    augmentation: clean renders of the four quality modes, uniformly.
+    augmentation: clean renders of the four quality modes, uniformly (of ``world``'s captions when given).
+    ``examples`` (e.g. :func:`rollout_examples` of held-out student samples) replaces the renders.
     """
-    data = reward_examples(num, seed=seed, augment=augment)
+    data = examples if examples is not None else reward_examples(num, seed=seed, augment=augment, world=world)
     scores = reward_scores(reward, data["video"], data["prompt"])
     return {a: spearman(scores[a], data["oracle"][a]) for a in AXES}
 

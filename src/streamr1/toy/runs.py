@@ -40,9 +40,9 @@ def repo_path(rel: str) -> str:
 
 def check_assets() -> None:
     """Fail early, with the fix, when the shipped toy files are missing."""
-    from streamr1.toy.assets import REWARD_FILE, STATS_FILE, STUDENT_FILE
+    from streamr1.toy.assets import PRETRAINED_FILE, REWARD_FILE, STATS_FILE, STUDENT_FILE
 
-    missing = [f for f in (STUDENT_FILE, REWARD_FILE, STATS_FILE)
+    missing = [f for f in (PRETRAINED_FILE, STUDENT_FILE, REWARD_FILE, STATS_FILE)
                if not os.path.isfile(resolve(f"pkg://streamr1/assets/{f}"))]
     if missing:
         raise FileNotFoundError(f"The toy world's shipped files {missing} are missing from streamr1/assets: make them "

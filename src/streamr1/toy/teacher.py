@@ -43,16 +43,20 @@ class MixtureTeacher(nn.Module):
           teacher's mixture structure lives at high noise, which is where shifted DMD timesteps concentrate.
 
     Args:
-        world: the world; built from ``num_videos``/``seed``/``mode_probs``/``frames``/``size`` when ``None``.
+        world: the world; built from ``num_videos``/``seed``/``mode_probs``/``frames``/``size``/``num_captions``/
+            ``videos_per_caption``/``good_per_caption`` (:class:`~streamr1.toy.world.ToyWorld`) when ``None``.
         text_encoder: decodes ``cond``; a ``ToyTextEncoder(dim=text_dim)`` when ``None``.
         min_sigma: smallest ``s`` used.
     """
 
     def __init__(self, world: ToyWorld | None = None, text_encoder: ToyTextEncoder | None = None, *,
-                 num_videos: int = 512, seed: int = 0, mode_probs: dict[str, float] | None = None, frames: int = 8,
-                 size: int = 32, text_dim: int = 32, min_sigma: float = 1e-4) -> None:
+                 num_videos: int | None = None, seed: int = 0, mode_probs: dict[str, float] | None = None,
+                 frames: int = 8, size: int = 32, num_captions: int | None = None, videos_per_caption: int = 8,
+                 good_per_caption: int = 4, text_dim: int = 32, min_sigma: float = 1e-4) -> None:
         super().__init__()
-        self.world = world if world is not None else ToyWorld(num_videos, seed, mode_probs, frames, size)
+        self.world = world if world is not None else ToyWorld(
+            num_videos, seed, mode_probs, frames, size, num_captions=num_captions,
+            videos_per_caption=videos_per_caption, good_per_caption=good_per_caption)
         self.text_encoder = text_encoder if text_encoder is not None else ToyTextEncoder(dim=text_dim)
         self.min_sigma = float(min_sigma)
         bank = self.world.videos.to(torch.float64)

@@ -8,8 +8,9 @@ reweighted student is pushed. This measures that share directly, separately from
 
 1. Rollouts: the exact teacher (:class:`~streamr1.toy.teacher.MixtureTeacher`, ``g_s = 3``) run through the student's
    causal few-step sampler (:func:`~streamr1.toy.ode.causal_teacher_sampler`: 4 chunks, the warped levels
-   ``[1000, 937.5, 833.3, 625]``), ``repeats`` samples per cell caption, one set per seed. On the recipe's world about
-   55% land in good modes, the rest in the visual, motion and text flaws.
+   ``[1000, 937.5, 833.3, 625]``), ``repeats`` samples per world caption, one set per seed. About the world's good
+   proportion land in good modes, the rest in the visual, motion and text flaws. The world is the recipe's by default;
+   ``--num-captions``, ``--videos-per-caption``, ``--good-per-caption`` and ``--world-seed`` choose another.
 2. Each rollout's quality mode comes from the oracle (:func:`~streamr1.toy.oracle.classify_mode`), never from a reward.
 3. Each row's reward scores the rollouts; scores are z-normalised per axis over the seed's rollouts (what
    ``streamr1 calibrate`` computes on them, SPEC.md §4.1); ``r_final`` and ``W_inter`` are the callbacks' own
@@ -54,22 +55,26 @@ BETA = 2.0
 """SPEC.md §4.2's inverse temperature."""
 
 
-def teacher_rollouts(repeats: int, seed: int, batch_size: int = 96) -> tuple[Tensor, list[str]]:
-    """``([N, 8, 3, 32, 32] in [-1, 1], N captions)``: the recipe's teacher through the student's few-step sampler,
-    ``repeats`` samples for each of the 48 cell captions (noise and re-noising seeded with ``seed``)."""
+def teacher_rollouts(repeats: int, seed: int, batch_size: int = 96,
+                     world: dict[str, Any] | None = None) -> tuple[Tensor, list[str]]:
+    """``([N, F, 3, H, W] in [-1, 1], N captions)``: the teacher of ``world`` (:class:`~streamr1.toy.world.ToyWorld`
+    arguments; the recipe's, :data:`streamr1.toy.WORLD`, by default) through the student's few-step sampler,
+    ``repeats`` samples for each of the world's prompts (noise and re-noising seeded with ``seed``)."""
     from streamr1.flow import warped_steps
-    from streamr1.toy.assets import build_teacher
     from streamr1.toy.ode import causal_teacher_sampler
+    from streamr1.toy.teacher import MixtureTeacher
+    from streamr1.toy.text import ToyTextEncoder
     from streamr1.toy.world import ToyWorld
 
-    teacher = build_teacher()
-    prompts = [p for p in ToyWorld.cell_prompts() for _ in range(repeats)]
+    w = ToyWorld(**(toy.WORLD if world is None else world))
+    teacher = MixtureTeacher(world=w, text_encoder=ToyTextEncoder(dim=toy.TEXT_DIM))
+    prompts = [p for p in w.train_prompts() for _ in range(repeats)]
     steps = warped_steps(toy.DENOISING_STEPS, toy.SHIFT)
     g = torch.Generator().manual_seed(seed)
     videos = []
     for i in range(0, len(prompts), batch_size):
         batch = prompts[i:i + batch_size]
-        noise = torch.randn(len(batch), *toy.LATENT_SHAPE, generator=g)
+        noise = torch.randn(len(batch), *w.videos.shape[1:], generator=g)
         cond = teacher.text_encoder.encode(batch).float()
         neg = teacher.text_encoder.encode([""] * len(batch)).float()
         _, _, x0 = causal_teacher_sampler(teacher, cond, neg, noise, toy.CHUNK_FRAMES, steps, toy.GUIDANCE_SCALE, g)
@@ -145,7 +150,8 @@ def table_markdown(per_seed: list[dict[str, dict[str, float]]], info: dict[str, 
         "# Where the weights push: reward-tilted mode shares on the teacher's rollouts (streamr1.toy.tilt)",
         "",
         f"`{info['command']}`: the exact teacher through the student's causal 4-step sampler, {info['samples']} "
-        f"rollouts a seed (48 cell captions x {info['repeats']}), seeds {info['seeds']} (mean ± std over seeds). "
+        f"rollouts a seed ({info['captions']} captions x {info['repeats']}; world {info['world']}), seeds "
+        f"{info['seeds']} (mean ± std over seeds). "
         "Each rollout's quality mode is the oracle's; its weight is the row's W_inter = exp(2 r_final) with "
         "per-axis z-scores over the seed's rollouts. A share is the weight on that mode over the total weight: "
         "the mode mix the reweighted DMD objective pulls a teacher-like student toward (plain DMD: the teacher's "
@@ -160,10 +166,14 @@ def table_markdown(per_seed: list[dict[str, dict[str, float]]], info: dict[str, 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="python -m streamr1.toy.tilt", description=__doc__.split("\n\n")[0])
     parser.add_argument("--output", default="results", help="folder for tilt.md and tilt.json")
-    parser.add_argument("--repeats", type=int, default=8, help="rollouts per cell caption (48 captions) a seed")
+    parser.add_argument("--repeats", type=int, default=8, help="rollouts per world caption a seed")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--reward", default="pkg://streamr1/assets/toy_reward.pt", help="the toy reward's file")
+    from streamr1.toy.world import add_world_arguments, world_from_arguments
+
+    add_world_arguments(parser)
     args = parser.parse_args(argv)
+    world = world_from_arguments(args)
     if args.repeats < 1 or not args.seeds:
         parser.error("--repeats must be >= 1 and --seeds must name at least one seed.")
     from streamr1.assets import resolve
@@ -174,14 +184,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     start = time.perf_counter()
     per_seed = []
     for seed in args.seeds:
-        video, prompts = teacher_rollouts(args.repeats, seed)
+        video, prompts = teacher_rollouts(args.repeats, seed, world=world)
         per_seed.append(measure(video, prompts, reward))
         good = per_seed[-1]["dmd"]["share_good"]
         print(f"[streamr1] seed {seed}: {len(prompts)} teacher rollouts, {good:.3f} in good modes; Stream-R1's weights "
               f"put {per_seed[-1]['stream_r1']['share_good']:.3f} of the weight there", flush=True)
     words = list(sys.argv[1:] if argv is None else argv)
     info = {"command": " ".join(["python -m streamr1.toy.tilt", *words]),
-            "repeats": args.repeats, "samples": 48 * args.repeats, "seeds": args.seeds,
+            "repeats": args.repeats, "samples": len(prompts), "captions": len(prompts) // args.repeats,
+            "world": world, "seeds": args.seeds,
             "seconds": time.perf_counter() - start, "threads": torch.get_num_threads(), "reward": args.reward}
     os.makedirs(args.output, exist_ok=True)
     with atomic_output(os.path.join(args.output, "tilt.md")) as tmp, open(tmp, "w", encoding="utf-8") as fh:

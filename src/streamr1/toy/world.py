@@ -285,7 +285,9 @@ def render_with_info(attrs: ToyAttributes, quality_mode: str = "good", seed: int
             video = video + std * torch.randn(video.shape, generator=g, dtype=torch.float64)
         else:
             corruption = "blur"
-            video = gaussian_blur(video, _uniform(g, 1.2, 2.0) * size / 32)
+            # 1.2-2 px at size 32 and below (at 16 px a 0.6-1 px blur would be too faint for any detector: the
+            # oracle's sharpness test sees the same pixel-scale blur at every size), scaled up above 32.
+            video = gaussian_blur(video, _uniform(g, 1.2, 2.0) * max(size, 32) / 32)
     video = video.clamp(-1.0, 1.0).float()
     return video, {"centres": centres.float(), "colour": colour, "direction": direction, "corruption": corruption}
 
@@ -299,13 +301,38 @@ def render(attrs: ToyAttributes, quality_mode: str = "good", seed: int = 0, fram
 
     - ``"good"``: as described;
     - ``"visual"``: strong i.i.d. Gaussian pixel noise (std 0.15-0.3) or a spatial Gaussian blur
-      (sigma 1.2-2 px at size 32), half the time each;
+      (sigma 1.2-2 px at size 32 and below, scaled with the size above), half the time each;
     - ``"motion"``: the trajectory jitters (uniform +-1.5-3 px a frame on both axes) or jumps once
       (5-7 px at a random frame, in a random direction the frame border does not block), half the time each;
     - ``"text"``: the shape is drawn in another colour or moves in another direction than the caption
       says, half the time each.
     """
     return render_with_info(attrs, quality_mode, seed, frames, size)[0]
+
+
+EXACT_COMBOS: tuple[tuple[str, str, str, str, str], ...] = tuple(
+    (s, c, d, sp, bg) for s in SHAPES for c in COLOURS for d in DIRECTIONS for sp in SPEEDS for bg in BACKGROUNDS)
+"""Every fully specified attribute combination (192): the possible exact captions."""
+
+
+def exact_attributes(num_captions: int, seed: int = 0) -> list[ToyAttributes]:
+    """``num_captions`` distinct fully specified attributes (every attribute named: no wildcard in the caption).
+
+    A seeded permutation of :data:`EXACT_COMBOS`, stably reordered so that new (shape, colour, direction) cells come
+    first: up to 48 captions are in 48 different cells, and shapes, colours and directions are spread evenly.
+    """
+    if not 1 <= num_captions <= len(EXACT_COMBOS):
+        raise ValueError(f"num_captions must be in 1..{len(EXACT_COMBOS)}, got {num_captions}.")
+    g = torch.Generator().manual_seed(int(seed))
+    order = [EXACT_COMBOS[i] for i in torch.randperm(len(EXACT_COMBOS), generator=g).tolist()]
+    seen: dict[tuple[str, str, str], int] = {}
+    rank = []
+    for combo in order:
+        cell = combo[:3]
+        rank.append(seen.get(cell, 0))
+        seen[cell] = seen.get(cell, 0) + 1
+    ranked = [combo for _, combo in sorted(zip(rank, order, strict=True), key=lambda rc: rc[0])]
+    return [ToyAttributes(*combo) for combo in ranked[:num_captions]]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -317,18 +344,30 @@ _WORLD_CACHE: dict[tuple[Any, ...], dict[str, Any]] = {}
 class ToyWorld(Dataset):
     """A fixed finite set of rendered videos with captions, attributes and quality-mode labels.
 
-    Video ``i`` has attributes from :func:`sample_attributes`, a quality mode drawn from ``mode_probs`` and a
-    render seed, all drawn from one generator seeded with ``seed``: the world is a pure function of its
-    arguments. Worlds are cached in memory per argument tuple (:meth:`clear_cache` frees them); the tensors
-    are shared between instances, so do not modify them in place.
+    Two layouts, both pure functions of the arguments:
+
+    - *random* (``num_captions=None``, the original world): video ``i`` has attributes from
+      :func:`sample_attributes` (speed and background often unnamed: wildcard captions), a quality mode drawn from
+      ``mode_probs`` and a render seed, all drawn from one generator seeded with ``seed``;
+    - *exact* (``num_captions`` set; the recipe's world since issue 13): ``num_captions`` fully specified captions
+      (:func:`exact_attributes`), each with ``videos_per_caption`` videos of which ``good_per_caption`` are good and
+      the others flawed (visual, motion, text in turn). Every caption's teacher mixture is then a small fixed set
+      of known modes, and chunk 0 from pure noise has a handful of videos to choose from instead of a blend of
+      backgrounds and speeds.
+
+    Worlds are cached in memory per argument tuple (:meth:`clear_cache` frees them); the tensors are shared between
+    instances, so do not modify them in place.
 
     Args:
-        num_videos: ``N``.
+        num_videos: ``N`` of the random layout (default 512); in the exact layout leave it unset (it is
+            ``num_captions * videos_per_caption``).
         seed: world seed.
-        mode_probs: probability of each quality mode (normalised; keys among :data:`MODES`).
+        mode_probs: probability of each quality mode in the random layout (normalised; keys among :data:`MODES`).
         frames: ``T``.
         size: ``H = W``.
-        p_speed, p_background: probability that a caption mentions a speed / a background.
+        p_speed, p_background: probability that a random-layout caption mentions a speed / a background.
+        num_captions: exact layout: the number of distinct exact captions (1..192).
+        videos_per_caption, good_per_caption: exact layout: videos a caption, and how many of them are good.
 
     Attributes:
         videos: ``[N, T, 3, H, W]`` float32 in ``[-1, 1]``.
@@ -340,8 +379,26 @@ class ToyWorld(Dataset):
         seeds: ``N`` render seeds (``render(attributes[i], modes[i], seeds[i], frames, size) == videos[i]``).
     """
 
-    def __init__(self, num_videos: int = 512, seed: int = 0, mode_probs: Mapping[str, float] | None = None,
-                 frames: int = 8, size: int = 32, p_speed: float = 0.3, p_background: float = 0.3) -> None:
+    def __init__(self, num_videos: int | None = None, seed: int = 0, mode_probs: Mapping[str, float] | None = None,
+                 frames: int = 8, size: int = 32, p_speed: float = 0.3, p_background: float = 0.3,
+                 num_captions: int | None = None, videos_per_caption: int = 8, good_per_caption: int = 4) -> None:
+        self.num_captions = None if num_captions is None else int(num_captions)
+        self.videos_per_caption, self.good_per_caption = int(videos_per_caption), int(good_per_caption)
+        if self.num_captions is not None:
+            if not 1 <= self.num_captions <= len(EXACT_COMBOS):
+                raise ValueError(f"num_captions must be in 1..{len(EXACT_COMBOS)} (distinct exact captions), "
+                                 f"got {num_captions}.")
+            if not 0 <= self.good_per_caption <= self.videos_per_caption or self.videos_per_caption < 1:
+                raise ValueError(f"Need 0 <= good_per_caption <= videos_per_caption and videos_per_caption >= 1 "
+                                 f"(got {good_per_caption} and {videos_per_caption}).")
+            expected = self.num_captions * self.videos_per_caption
+            if num_videos is not None and int(num_videos) != expected:
+                raise ValueError(f"An exact world has num_captions * videos_per_caption = {expected} videos; got "
+                                 f"num_videos={num_videos}. Leave num_videos unset (null) with num_captions.")
+            num_videos = expected
+            good = self.good_per_caption / self.videos_per_caption
+            mode_probs = {"good": good, **{m: (1 - good) / 3 for m in MODES[1:]}}
+        num_videos = 512 if num_videos is None else num_videos
         if num_videos < 1:
             raise ValueError(f"ToyWorld needs num_videos >= 1 (got {num_videos}).")
         probs = dict(DEFAULT_MODE_PROBS if mode_probs is None else mode_probs)
@@ -353,9 +410,9 @@ class ToyWorld(Dataset):
         self.num_videos, self.seed, self.frames, self.size = int(num_videos), int(seed), int(frames), int(size)
         self.p_speed, self.p_background = float(p_speed), float(p_background)
         key = (self.num_videos, self.seed, tuple(self.mode_probs.values()), self.frames, self.size, self.p_speed,
-               self.p_background)
+               self.p_background, self.num_captions, self.videos_per_caption, self.good_per_caption)
         if key not in _WORLD_CACHE:
-            _WORLD_CACHE[key] = self._build()
+            _WORLD_CACHE[key] = self._build() if self.num_captions is None else self._build_exact()
         data = _WORLD_CACHE[key]
         self.videos: Tensor = data["videos"]
         self.attributes: list[ToyAttributes] = data["attributes"]
@@ -380,6 +437,23 @@ class ToyWorld(Dataset):
             videos.append(render(attrs, mode, rseed, self.frames, self.size))
         return {"videos": torch.stack(videos), "attributes": attributes, "modes": modes, "seeds": seeds}
 
+    def _build_exact(self) -> dict[str, Any]:
+        """The exact layout: :func:`exact_attributes` captions, each with ``videos_per_caption`` videos of which the
+        first ``good_per_caption`` are good and the rest cycle through the flawed modes (visual, motion, text, starting
+        at a different one for each caption so the flaws stay balanced)."""
+        g = torch.Generator().manual_seed(self.seed + 1)
+        flawed = MODES[1:]
+        attributes, modes, seeds, videos = [], [], [], []
+        for c, attrs in enumerate(exact_attributes(self.num_captions, self.seed)):
+            for j in range(self.videos_per_caption):
+                mode = "good" if j < self.good_per_caption else flawed[(c + j - self.good_per_caption) % len(flawed)]
+                rseed = int(torch.randint(0, 2**31 - 1, (), generator=g))
+                attributes.append(attrs)
+                modes.append(mode)
+                seeds.append(rseed)
+                videos.append(render(attrs, mode, rseed, self.frames, self.size))
+        return {"videos": torch.stack(videos), "attributes": attributes, "modes": modes, "seeds": seeds}
+
     @staticmethod
     def clear_cache() -> None:
         """Forget every cached world."""
@@ -396,6 +470,13 @@ class ToyWorld(Dataset):
         """The distinct captions of the world, sorted."""
         return sorted(set(self.captions))
 
+    def train_prompts(self) -> list[str]:
+        """The prompts a student is distilled and evaluated on: the exact captions in world order (exact layout), or
+        one caption per (shape, colour, direction) cell (:meth:`cell_prompts`, the random layout's wildcards)."""
+        if self.num_captions is None:
+            return self.cell_prompts()
+        return list(dict.fromkeys(self.captions))
+
     @staticmethod
     def cell_prompts() -> list[str]:
         """One caption per (shape, colour, direction) cell (no speed, no background), in cell order (48)."""
@@ -404,3 +485,25 @@ class ToyWorld(Dataset):
     def good_mask(self) -> Tensor:
         """``[N]`` bool: the videos rendered in the ``"good"`` mode."""
         return self.mode_ids == MODES.index("good")
+
+
+def add_world_arguments(parser: Any) -> None:
+    """``--num-captions``, ``--videos-per-caption``, ``--good-per-caption``, ``--world-seed`` on an ``argparse`` parser:
+    the exact world's parameters (defaults: the recipe's, :data:`streamr1.toy.WORLD`), for commands that measure on
+    another world (``python -m streamr1.toy.tilt``, ``python -m streamr1.toy.quality``)."""
+    from streamr1 import toy
+
+    group = parser.add_argument_group("world (default: the recipe's, streamr1.toy.WORLD)")
+    group.add_argument("--num-captions", type=int, default=toy.WORLD["num_captions"], help="exact captions")
+    group.add_argument("--videos-per-caption", type=int, default=toy.WORLD["videos_per_caption"])
+    group.add_argument("--good-per-caption", type=int, default=toy.WORLD["good_per_caption"],
+                       help="good videos a caption (the good proportion is this over --videos-per-caption)")
+    group.add_argument("--world-seed", type=int, default=toy.WORLD["seed"])
+
+
+def world_from_arguments(args: Any) -> dict[str, Any]:
+    """The :class:`ToyWorld` keyword arguments :func:`add_world_arguments` parsed (the recipe's size)."""
+    from streamr1 import toy
+
+    return {**toy.WORLD, "num_captions": args.num_captions, "videos_per_caption": args.videos_per_caption,
+            "good_per_caption": args.good_per_caption, "seed": args.world_seed}
