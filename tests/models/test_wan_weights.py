@@ -94,6 +94,10 @@ def test_diffusers_folder_and_files(tmp_path):
     model = source()
     model.save_pretrained(tmp_path / "pipe" / "transformer")
     assert_same_outputs(model, str(tmp_path / "pipe"), config=None, subfolder="transformer")
+    assert_same_outputs(model, str(tmp_path / "pipe"), config=None)  # a pipeline folder: transformer/ is found
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"empty holds no Wan transformer weights \(found: \[\]\)"):
+        WanDenoiser(pretrained=str(tmp_path / "empty"))
     save_file(model.state_dict(), tmp_path / "w.safetensors")
     assert_same_outputs(model, str(tmp_path / "w.safetensors"))
     torch.save({"state_dict": model.state_dict()}, tmp_path / "w.pt")

@@ -414,8 +414,12 @@ def original_folder_files(path: str) -> list[str]:
         return files
     files = sorted(glob.glob(os.path.join(path, "diffusion_pytorch_model*.safetensors")))
     if not files:
+        present = sorted(os.listdir(path))
         raise FileNotFoundError(
-            f"{path} has an original Wan config.json but no diffusion_pytorch_model*.safetensors weights."
+            f"{path} holds no Wan transformer weights (found: {present[:8]}). Expected a diffusers folder (config.json "
+            "+ diffusion_pytorch_model*.safetensors), an original Wan folder (its config.json + the same weight "
+            "files), or a pipeline folder with `transformer/` (set `subfolder: transformer`); or point `pretrained` "
+            "at a checkpoint file."
         )
     return files
 
@@ -445,6 +449,9 @@ def load_wan_transformer(
     root = os.path.join(path, subfolder) if subfolder else path
     if os.path.isdir(path) and not os.path.isdir(root):
         raise FileNotFoundError(f"{path} has no subfolder {subfolder!r}: set `subfolder` to where the transformer is.")
+    if (not subfolder and os.path.isdir(os.path.join(path, "transformer"))
+            and not os.path.isfile(os.path.join(path, "config.json"))):
+        root = os.path.join(path, "transformer")  # a diffusers pipeline folder given without `subfolder`
     if os.path.isdir(root):
         original = _original_folder_config(root)
         if original is None and os.path.isfile(os.path.join(root, "config.json")):
