@@ -339,3 +339,19 @@ def test_service_saliency_of_sampled_videoalign_reaches_every_latent_frame(rewar
         per_pixel_frame = result.pixel_saliency[axis][0].flatten(1).amax(dim=1)
         assert int((per_pixel_frame > 0).sum()) == 10
         assert bool((result.saliency[axis][0].mean(dim=(1, 2)) > 0).all()), axis
+
+
+def test_bfloat16_load_scores_and_gradient(published):
+    """Loaded in bf16 (the default, as trained): scores in float32 near the fp32 ones, a float32 pixel gradient."""
+    folder, reference = published
+    loaded = VideoAlignReward(folder, size=SIZE).eval()  # torch_dtype defaults to bfloat16
+    assert {p.dtype for p in loaded.parameters()} == {torch.bfloat16}
+    video = _video(b=1, t=4, seed=9).requires_grad_(True)
+    out = loaded(video, PROMPTS[:1])
+    with torch.no_grad():
+        ref = reference(video, PROMPTS[:1])
+    for a in ("VQ", "MQ", "TA"):
+        assert out[a].dtype == torch.float32
+        torch.testing.assert_close(out[a].detach(), ref[a], atol=0.1 * float(ref[a].abs().max()) + 0.05, rtol=0)
+    out["TA"].sum().backward()
+    assert video.grad.dtype == torch.float32 and float(video.grad.abs().sum()) > 0
