@@ -4,7 +4,7 @@ A run is a recipe, a callback stack, a reward fragment and optional presets (DES
 layers"). The CLI appends one :class:`RunCheck` to every ``fit``; it refuses at setup, before any step:
 
 - a stack whose callbacks need a reward model with no reward configured (names the fragment to add);
-- a reward model made for frames of another size than the recipe decodes (the toy world's 32x32 reward on a
+- a reward model made for frames of another size than the recipe decodes (the toy world's tiny-frame reward on a
   480x832 Wan video), or the toy world's statistics on a recipe of another size (names the fragment to use).
 
 At fit start it prints one line: the loss-weighting stack (or "none: plain DMD"), the reward model and its
@@ -24,7 +24,7 @@ REWARD_FRAGMENTS = {"toy": "configs/rewards/toy.yaml", "wan": "configs/rewards/v
 """The reward fragment that fits each kind of recipe."""
 
 TOY_MAX_SIDE = 64
-"""Frames at most this many pixels a side are the toy world's (32x32); larger ones are a Wan-like recipe's."""
+"""Frames at most this many pixels a side are the toy world's (16x16 or 32x32); larger ones are a Wan-like recipe's."""
 
 SIZE_FACTOR = 4.0
 """A reward model is refused when the decoded frames are more than this many times larger or smaller, per side,
@@ -126,7 +126,7 @@ class RunCheck(Callback):
         stats = str(self.reward_statistics or "")
         if stats.startswith("pkg://streamr1/assets/toy_") and max(frame[1:]) > TOY_MAX_SIDE:
             raise ValueError(
-                f"The reward statistics {stats} are the toy world's (measured on its 32x32 videos), but this recipe "
+                f"The reward statistics {stats} are the toy world's (measured on its tiny videos), but this recipe "
                 f"decodes {video} frames: z-scores from them would be meaningless. Use `--config {fragment}` "
                 f"instead, or set `reward.normalization` to statistics of this recipe's reward (`streamr1 calibrate`)."
             )
