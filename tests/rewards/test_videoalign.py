@@ -7,17 +7,15 @@ transformers 4.45's key layout.
 
 from __future__ import annotations
 
-import copy
 import json
 import os
-import re
 import shutil
 
 import pytest
 import safetensors.torch
 import torch
 
-from streamr1.bench.reward import random_qwen2vl, word_tokenizer
+from streamr1.bench.reward import random_qwen2vl, word_tokenizer, write_random_videoreward
 from streamr1.rewards.videoalign import (
     CHAT_PREFIX,
     CHAT_SUFFIX,
@@ -35,7 +33,6 @@ from streamr1.rewards.videoalign import (
 
 SIZE = (56, 84)  # a frame: 4 x 6 patches of 14, 2 x 3 merged tokens
 PROMPTS = ["a red fox runs through snow", "two cats"]
-STATS = {"VQ_mean": 3.1, "VQ_std": 2.2, "MQ_mean": 1.2, "MQ_std": 1.4, "TA_mean": 2.8, "TA_std": 2.5}
 
 
 def _tokenizer(reward_tokens: bool = True):
@@ -164,80 +161,10 @@ def test_bad_input_is_refused(reward, tok):
 
 
 # ---------------------------------------------------------------------------------------------------- loading
-def _old_key(key: str) -> str:
-    """transformers 5 Qwen2-VL key -> the 4.45 one VideoReward was saved with."""
-    key = re.sub(r"^model\.visual\.", "visual.", key)
-    return re.sub(r"^model\.language_model\.", "model.", key)
-
-
-def _write_videoreward(root, seed=0):
-    """A VideoReward folder as published, keys in the 4.45 layout, from a tiny model. Returns (folder, reference
-    reward built in memory from the same weights, with the LoRA unmerged)."""
-    from peft import LoraConfig, get_peft_model
-
-    base_tok = _tokenizer(reward_tokens=False)
-    base = random_qwen2vl(base_tok, seed=seed)
-    base_dir = os.path.join(root, "Qwen2-VL-tiny")
-    base.save_pretrained(base_dir)
-    base_tok.save_pretrained(base_dir)
-
-    # "Training": three token rows added, vision tower changed, a LoRA with non-zero B on the language model.
-    trained = copy.deepcopy(base)
-    tok = copy.deepcopy(base_tok)
-    tok.add_special_tokens({"additional_special_tokens": list(REWARD_TOKENS.values())})
-    trained.resize_token_embeddings(len(tok))
-    g = torch.Generator().manual_seed(seed + 10)
-    with torch.no_grad():
-        for name, p in trained.named_parameters():
-            if ".visual." in f".{name}" or name.endswith("embed_tokens.weight"):
-                p.add_(0.05 * torch.randn(p.shape, generator=g))
-    targets = r"^model\.language_model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)$"
-    peft = get_peft_model(trained, LoraConfig(r=4, lora_alpha=8, target_modules=targets, lora_dropout=0.0))
-    with torch.no_grad():
-        for name, p in peft.named_parameters():
-            if "lora_" in name:
-                p.copy_(0.1 * torch.randn(p.shape, generator=g))
-    head = torch.randn(3, base.config.text_config.hidden_size, generator=g)
-    reference = VideoAlignReward.from_parts(peft, tok, head, size=SIZE).eval()
-
-    folder = os.path.join(root, "VideoReward")
-    ckpt = os.path.join(folder, "checkpoint-1234")
-    os.makedirs(ckpt)
-    adapter, modules = {}, set()
-    for k, v in peft.state_dict().items():
-        if "lora_" in k:
-            inner = k[len("base_model.model."):].replace(".default", "")
-            adapter["base_model.model." + _old_key(inner)] = v.clone()
-            modules.add(_old_key(inner.split(".lora_")[0] + ".weight")[: -len(".weight")])
-    safetensors.torch.save_file(adapter, os.path.join(ckpt, "adapter_model.safetensors"))
-    with open(os.path.join(ckpt, "adapter_config.json"), "w") as fh:
-        json.dump({"r": 4, "lora_alpha": 8, "target_modules": sorted(modules), "peft_type": "LORA"}, fh)
-    inner_model = peft.get_base_model()
-    non_lora = {f"base_model.model.{_old_key(k)}": v.clone() for k, v in inner_model.state_dict().items()
-                if ".visual." in f".{k}" or k.endswith("embed_tokens.weight")}
-    non_lora["base_model.model.rm_head.weight"] = head.clone()
-    torch.save(non_lora, os.path.join(ckpt, "non_lora_state_dict.pth"))
-    config = {
-        "data_config": {"fps": 2.0, "max_frame_pixels": 200704, "num_frames": None, "sample_type": "uniform",
-                        "eval_dim": ["VQ", "MQ", "TA"], "prompt_template_type": "detailed_special",
-                        "meta_data": "x.csv", "data_dir": "x"},
-        "model_config": {"model_name_or_path": base_dir, "output_dim": 3, "use_special_tokens": True,
-                         "freeze_vision_tower": False, "freeze_llm": False, "tune_merger": True,
-                         "torch_dtype": "bfloat16", "reward_token": "special", "loss_type": "btt"},
-        "peft_lora_config": {"lora_enable": True, "vision_lora": False, "lora_r": 4, "lora_alpha": 8,
-                             "lora_dropout": 0.05, "lora_namespan_exclude": ["lm_head", "rm_head", "embed_tokens",
-                                                                             "visual"],
-                             "lora_task_type": "CAUSAL_LM", "use_rslora": False, "num_lora_modules": -1},
-        "inference_config": STATS,
-    }
-    with open(os.path.join(folder, "model_config.json"), "w") as fh:
-        json.dump(config, fh)
-    return folder, reference
-
-
 @pytest.fixture(scope="module")
 def published(tmp_path_factory):
-    return _write_videoreward(str(tmp_path_factory.mktemp("videoreward")))
+    folder, reference = write_random_videoreward(str(tmp_path_factory.mktemp("videoreward")), prompts=PROMPTS)
+    return folder, reference.eval()
 
 
 def test_legacy_keys_renamed_by_transformers_mapping(reward):

@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
@@ -105,8 +106,6 @@ def word_tokenizer(texts: Sequence[str], reward_tokens: bool = True) -> Any:
 
 
 def _split_special(text: str) -> list[str]:
-    import re
-
     return [p for p in re.split("|".join(re.escape(t) for t in SPECIAL_TOKENS), text) if p]
 
 
@@ -126,6 +125,107 @@ def random_videoalign(*, layers: int = 2, vision_layers: int = 2, size: tuple[in
     head = torch.randn(3, hidden, generator=torch.Generator().manual_seed(seed + 1)) / hidden**0.5
     reward = VideoAlignReward.from_parts(model, tok, head.to(dtype), size=size)
     return reward.to(device).eval().requires_grad_(False)
+
+
+RANDOM_STATS = {"VQ_mean": 3.1, "VQ_std": 2.2, "MQ_mean": 1.2, "MQ_std": 1.4, "TA_mean": 2.8, "TA_std": 2.5}
+"""The per-axis statistics :func:`write_random_videoreward` puts in ``model_config.json`` (``inference_config``)."""
+
+
+def _old_key(key: str) -> str:
+    """transformers 5 Qwen2-VL key -> the 4.45 one VideoReward was saved with (the inverse of the load renames)."""
+    key = re.sub(r"^model\.visual\.", "visual.", key)
+    return re.sub(r"^model\.language_model\.", "model.", key)
+
+
+def write_random_videoreward(root: str, *, prompts: Sequence[str] = (), text: dict[str, int] | None = None,
+                             vision: dict[str, int] | None = None, lora_r: int = 4, size: tuple[int, int] = (56, 84),
+                             seed: int = 0) -> tuple[str, Any]:
+    """Write a random VideoReward laid out exactly as published, for tests and smoke runs without the real weights.
+
+    ``root/Qwen2-VL-tiny/`` is the base model (``save_pretrained``; tiny widths unless ``text`` / ``vision`` say
+    otherwise) with a word-level tokenizer over the prompt template and ``prompts`` that lacks the reward tokens;
+    ``root/VideoReward/`` holds ``model_config.json`` (naming that base, with per-axis statistics) and
+    ``checkpoint-1234/`` with ``adapter_model.safetensors`` and ``adapter_config.json`` (a LoRA of rank ``lora_r``,
+    alpha ``2 * lora_r``, non-zero, on every linear layer of the language model) and ``non_lora_state_dict.pth``
+    (a changed vision tower and merger, embeddings with the three reward-token rows, ``rm_head``), every key in
+    transformers 4.45's layout under peft's ``base_model.model.`` prefix, as VideoAlign's trainer saves them.
+
+    Returns:
+        ``(folder, reference)``: the VideoReward folder and a :class:`VideoAlignReward` built in memory from the same
+        weights with the LoRA unmerged (frames resized to ``size``), to compare a load against.
+    """
+    import copy
+
+    import safetensors.torch
+    from peft import LoraConfig, get_peft_model
+
+    from streamr1.rewards.videoalign import (
+        CHAT_PREFIX,
+        CHAT_SUFFIX,
+        DETAILED_SPECIAL_PROMPT,
+        REWARD_TOKENS,
+        VideoAlignReward,
+    )
+
+    base_tok = word_tokenizer([CHAT_PREFIX, CHAT_SUFFIX, DETAILED_SPECIAL_PROMPT, *prompts], reward_tokens=False)
+    base = random_qwen2vl(base_tok, text=text, vision=vision, seed=seed)
+    base_dir = os.path.join(root, "Qwen2-VL-tiny")
+    base.save_pretrained(base_dir)
+    base_tok.save_pretrained(base_dir)
+
+    # "Training": three token rows added, vision tower changed, a LoRA with non-zero B on the language model.
+    trained = copy.deepcopy(base)
+    tok = copy.deepcopy(base_tok)
+    tok.add_special_tokens({"additional_special_tokens": list(REWARD_TOKENS.values())})
+    trained.resize_token_embeddings(len(tok))
+    g = torch.Generator().manual_seed(seed + 10)
+    with torch.no_grad():
+        for name, p in trained.named_parameters():
+            if ".visual." in f".{name}" or name.endswith("embed_tokens.weight"):
+                p.add_(0.05 * torch.randn(p.shape, generator=g))
+    targets = r"^model\.language_model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)$"
+    peft = get_peft_model(trained, LoraConfig(r=lora_r, lora_alpha=2 * lora_r, target_modules=targets,
+                                              lora_dropout=0.0))
+    with torch.no_grad():
+        for name, p in peft.named_parameters():
+            if "lora_" in name:
+                p.copy_(0.1 * torch.randn(p.shape, generator=g))
+    head = torch.randn(3, base.config.text_config.hidden_size, generator=g)
+    reference = VideoAlignReward.from_parts(peft, tok, head, size=size)
+
+    folder = os.path.join(root, "VideoReward")
+    ckpt = os.path.join(folder, "checkpoint-1234")
+    os.makedirs(ckpt)
+    adapter, modules = {}, set()
+    for k, v in peft.state_dict().items():
+        if "lora_" in k:
+            inner = k[len("base_model.model."):].replace(".default", "")
+            adapter["base_model.model." + _old_key(inner)] = v.clone()
+            modules.add(_old_key(inner.split(".lora_")[0] + ".weight")[: -len(".weight")])
+    safetensors.torch.save_file(adapter, os.path.join(ckpt, "adapter_model.safetensors"))
+    with open(os.path.join(ckpt, "adapter_config.json"), "w") as fh:
+        json.dump({"r": lora_r, "lora_alpha": 2 * lora_r, "target_modules": sorted(modules), "peft_type": "LORA"}, fh)
+    inner_model = peft.get_base_model()
+    non_lora = {f"base_model.model.{_old_key(k)}": v.clone() for k, v in inner_model.state_dict().items()
+                if ".visual." in f".{k}" or k.endswith("embed_tokens.weight")}
+    non_lora["base_model.model.rm_head.weight"] = head.clone()
+    torch.save(non_lora, os.path.join(ckpt, "non_lora_state_dict.pth"))
+    config = {
+        "data_config": {"fps": 2.0, "max_frame_pixels": 200704, "num_frames": None, "sample_type": "uniform",
+                        "eval_dim": ["VQ", "MQ", "TA"], "prompt_template_type": "detailed_special",
+                        "meta_data": "x.csv", "data_dir": "x"},
+        "model_config": {"model_name_or_path": base_dir, "output_dim": 3, "use_special_tokens": True,
+                         "freeze_vision_tower": False, "freeze_llm": False, "tune_merger": True,
+                         "torch_dtype": "bfloat16", "reward_token": "special", "loss_type": "btt"},
+        "peft_lora_config": {"lora_enable": True, "vision_lora": False, "lora_r": lora_r, "lora_alpha": 2 * lora_r,
+                             "lora_dropout": 0.05, "lora_namespan_exclude": ["lm_head", "rm_head", "embed_tokens",
+                                                                             "visual"],
+                             "lora_task_type": "CAUSAL_LM", "use_rslora": False, "num_lora_modules": -1},
+        "inference_config": RANDOM_STATS,
+    }
+    with open(os.path.join(folder, "model_config.json"), "w") as fh:
+        json.dump(config, fh)
+    return folder, reference
 
 
 def _rgb_norm(g: Tensor) -> Tensor:
