@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from diffusers import AutoencoderKLWan, WanTransformer3DModel
+from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
 from transformers import T5Tokenizer, UMT5Config, UMT5EncoderModel
 
 from streamr1.models import CausalWanDenoiser, UMT5TextEncoder, WanDenoiser, WanVAE
@@ -32,11 +32,11 @@ def pipeline(tmp_path_factory):
                                        num_heads=2, relative_attention_num_buckets=8)).eval()
     transformer = WanTransformer3DModel(**WAN).eval()
     vae = AutoencoderKLWan(**VAE).eval()
-    tokenizer.save_pretrained(folder / "tokenizer")
-    text.save_pretrained(folder / "text_encoder")
-    transformer.save_pretrained(folder / "transformer")
-    vae.save_pretrained(folder / "vae")
-    return {"folder": str(folder), "tokenizer": tokenizer, "text": text, "transformer": transformer, "vae": vae}
+    scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=5.0)
+    pipe = WanPipeline(tokenizer=tokenizer, text_encoder=text, transformer=transformer, vae=vae, scheduler=scheduler)
+    pipe.save_pretrained(folder)  # exactly the folder diffusers writes (model_index.json, the five subfolders)
+    return {"folder": str(folder), "tokenizer": tokenizer, "text": text, "transformer": transformer, "vae": vae,
+            "pipe": pipe}
 
 
 def reference_embeddings(pipe, prompts):
@@ -53,8 +53,11 @@ def test_umt5_text_encoder(pipeline):
     got = enc.encode(prompts)
     assert got.shape == (2, MAX_LEN, TEXT_DIM) and enc.dim == TEXT_DIM
     assert torch.equal(got, reference_embeddings(pipeline, prompts))
+    with torch.no_grad():  # diffusers' own Wan prompt encoding
+        ref, _ = pipeline["pipe"].encode_prompt(prompts, do_classifier_free_guidance=False, max_sequence_length=MAX_LEN)
+    assert torch.equal(got, ref)
     assert got[0, 6:].abs().sum() == 0 and got[0, :6].abs().sum(-1).min() > 0  # 5 words + </s>, then zeros
-    assert torch.equal(enc.encode(["  a red\ncircle   moving left "]), got[:1])  # whitespace collapsed as Wan does
+    assert torch.equal(enc.encode(["  a red\ncircle   moving left "]), got[:1])  # cleaned as Wan does
     bf16 = UMT5TextEncoder(pipeline["folder"], max_length=MAX_LEN)  # default bfloat16, as Wan ships it
     assert {p.dtype for p in bf16.model.parameters()} == {torch.bfloat16}
     assert (bf16.encode(prompts).float() - got).abs().max() < 0.1 * got.abs().max()

@@ -270,6 +270,11 @@ def test_bf16_loads_without_a_float32_copy(tmp_path):
     assert counter.bytes <= 2 * kept < full / 10, (counter.bytes, kept, full)
     for k, v in model.state_dict().items():  # bf16 values unchanged; float32-kept ones exact upcasts
         assert torch.equal(loaded.state_dict()[k].to(torch.bfloat16), v)
+    # the same dtypes as diffusers' from_pretrained(torch_dtype=bfloat16) of the same weights
+    model.save_pretrained(tmp_path / "diffusers")
+    folder = build_wan_transformer(str(tmp_path / "diffusers"), torch_dtype="bfloat16")
+    assert {n: p.dtype for n, p in folder.named_parameters()} == {n: p.dtype for n, p in params.items()}
+    assert all(torch.equal(folder.state_dict()[k], v) for k, v in loaded.state_dict().items())
     # with keep_fp32_modules=False everything is bf16 (one dtype per FSDP2 group of trainable parameters)
     flat = build_wan_transformer(str(tmp_path / "teacher.pt"), config, torch_dtype="bf16", keep_fp32_modules=False)
     assert {p.dtype for p in flat.parameters()} == {torch.bfloat16}

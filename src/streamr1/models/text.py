@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 from collections import OrderedDict
 from collections.abc import Sequence
 
@@ -50,9 +49,9 @@ class HashTextEncoder(nn.Module):
 class UMT5TextEncoder(nn.Module):
     """Wan's UMT5 text encoder from a local folder (``text_encoder`` + ``tokenizer`` of a Wan diffusers pipeline).
 
-    Encoding follows diffusers' ``WanPipeline._get_t5_prompt_embeds`` (and Wan's own ``T5EncoderModel``): whitespace
-    collapsed, tokens padded to ``max_length`` with special tokens, the encoder's last hidden state, zero past each
-    prompt's length.
+    Encoding is diffusers' ``WanPipeline.encode_prompt`` (and Wan's own ``T5EncoderModel``): the prompt cleaned with
+    diffusers' ``prompt_clean`` (ftfy when installed, HTML unescaped, whitespace collapsed), tokens padded to
+    ``max_length`` with special tokens, the encoder's last hidden state, zero past each prompt's length.
 
     Args:
         pretrained: the pipeline folder (with ``text_encoder/`` and ``tokenizer/``), or one folder holding both.
@@ -94,7 +93,9 @@ class UMT5TextEncoder(nn.Module):
     @torch.no_grad()
     def encode(self, prompts: Sequence[str]) -> Tensor:
         """``[B, max_length, d_model]`` embeddings (4096 for UMT5-XXL), zero past each prompt's length."""
-        prompts = [re.sub(r"\s+", " ", p).strip() for p in prompts]
+        from diffusers.pipelines.wan.pipeline_wan import prompt_clean
+
+        prompts = [prompt_clean(p) for p in prompts]
         tok = self.tokenizer(prompts, padding="max_length", max_length=self.max_length, truncation=True,
                              add_special_tokens=True, return_attention_mask=True, return_tensors="pt")
         device = next(self.model.parameters()).device
