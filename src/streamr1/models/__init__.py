@@ -1,10 +1,37 @@
-"""Models: the causal student, bidirectional Wan denoisers, text encoders and VAEs."""
+"""Models: the causal student, bidirectional Wan denoisers, text encoders and VAEs.
 
-from streamr1.models.student import CausalWanDenoiser
-from streamr1.models.text import CachedTextEncoder, HashTextEncoder, UMT5TextEncoder
-from streamr1.models.vae import IdentityVAE, WanVAE
-from streamr1.models.wan import WanDenoiser, build_wan_transformer
-from streamr1.models.wan_weights import CHECKPOINT_KEYS, infer_wan_config, load_wan_transformer
+The names below are imported on first use (PEP 562): ``import streamr1.models.lora`` (which the module needs) does
+not import diffusers and peft (about 12 s on a loaded 2-core machine), so ``streamr1 fit --help`` does not either.
+"""
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    from streamr1.models.student import CausalWanDenoiser
+    from streamr1.models.text import CachedTextEncoder, HashTextEncoder, UMT5TextEncoder
+    from streamr1.models.vae import IdentityVAE, WanVAE
+    from streamr1.models.wan import WanDenoiser, build_wan_transformer
+    from streamr1.models.wan_weights import CHECKPOINT_KEYS, infer_wan_config, load_wan_transformer
+
+_WHERE = {
+    "CausalWanDenoiser": "student", "CachedTextEncoder": "text", "HashTextEncoder": "text",
+    "UMT5TextEncoder": "text", "IdentityVAE": "vae", "WanVAE": "vae", "WanDenoiser": "wan",
+    "build_wan_transformer": "wan", "CHECKPOINT_KEYS": "wan_weights", "infer_wan_config": "wan_weights",
+    "load_wan_transformer": "wan_weights",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        value = getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_WHERE])
 
 __all__ = [
     "CausalWanDenoiser", "WanDenoiser", "build_wan_transformer", "load_wan_transformer", "infer_wan_config",
