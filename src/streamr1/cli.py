@@ -235,7 +235,7 @@ class StreamR1CLI(LightningCLI):
         from streamr1.export import load_student
 
         if ckpt_path == "last":
-            ckpt_path = self._last_checkpoint()
+            ckpt_path = self._require_last()
         if ckpt_path is None:
             rank_zero_warn("`streamr1 predict` has no --ckpt_path: sampling with the recipe's initial student weights "
                            "(pass --ckpt_path <file>.ckpt, a sharded checkpoint folder, or `last`).")
@@ -254,6 +254,29 @@ class StreamR1CLI(LightningCLI):
         ckpt = self._get(self.config_init, "checkpoint")
         found = [p for p in ckpt._find_last_checkpoints(self.trainer) if os.path.exists(p)] if ckpt else []
         return max(found, key=os.path.getmtime) if found else None
+
+    def _require_last(self) -> str:
+        """:meth:`_last_checkpoint`, or a ``FileNotFoundError`` naming the folders searched (sampling commands need
+        weights; only ``fit`` may start from scratch)."""
+        found = self._last_checkpoint()
+        if found is None:
+            ckpt = self._get(self.config_init, "checkpoint")
+            raise FileNotFoundError(
+                f"--ckpt_path last: no last.ckpt in this run's checkpoint folders ({ckpt.run_folders(self.trainer)}); "
+                "pass a checkpoint path, or the same trainer.logger / checkpoint.dirpath as the fit that wrote it.")
+        return found
+
+    def _resolve_last(self) -> None:
+        """``--ckpt_path last`` for ``export`` and ``evaluate``: the newest ``last.ckpt`` of the run, as for fit."""
+        cfg = self.config_init[self.subcommand]
+        if cfg.get("ckpt_path") == "last":
+            cfg["ckpt_path"] = self._require_last()
+
+    def before_export(self) -> None:
+        self._resolve_last()
+
+    def before_evaluate(self) -> None:
+        self._resolve_last()
 
     @staticmethod
     def subcommands() -> dict[str, set[str]]:

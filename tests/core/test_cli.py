@@ -85,6 +85,11 @@ def test_predict_samples_the_checkpoints_student_at_the_command_lines_shape_and_
     out = capsys.readouterr().out
     assert "frames/s" in out and "sampling with the EMA student weights" in out
 
+    out_dir = str(tmp_path / "student")  # export finds the same last.ckpt
+    main(["export", "--config", TINY, "--trainer.logger.init_args.save_dir", runs, "--ckpt_path", "last",
+          "--output_dir", out_dir])
+    assert os.path.isfile(os.path.join(out_dir, "config.json"))
+
     raw = main(["predict", "--config", TINY, "--ckpt_path", last, "--use_ema", "false", "--trainer.logger", "false",
                 "--trainer.default_root_dir", str(tmp_path), "--trainer.enable_progress_bar", "false"]).model
     trained = {k[len("student."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("student.")}

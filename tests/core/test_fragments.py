@@ -122,6 +122,10 @@ def test_rewards_and_statistics_are_checked_against_the_decoded_size():
             _trainer_with(object()), wan)
     # 4x per side is the limit: a 240x416 Wan latent (half size) with the 336x588 reward is fine
     RunCheck().check(_trainer_with(videoreward), _wan_module(height=30, width=52))
+    # an old config's RewardService in trainer.callbacks plus a reward fragment: two services, refused
+    two = SimpleNamespace(callbacks=[*_trainer_with(videoreward).callbacks, *_trainer_with(videoreward).callbacks])
+    with pytest.raises(ValueError, match=r"2 reward services on the trainer .*top-level `reward:` key"):
+        RunCheck().check(two, wan)
 
 
 # ------------------------------------------------------------------------------------------------ checkpoints

@@ -3,7 +3,8 @@
 A run is a recipe, a callback stack, a reward fragment and optional presets (DESIGN.md, "Fragments a user
 layers"). The CLI appends one :class:`RunCheck` to every ``fit``; it refuses at setup, before any step:
 
-- a stack whose callbacks need a reward model with no reward configured (names the fragment to add);
+- a stack whose callbacks need a reward model with no reward configured (names the fragment to add), or two
+  reward services (an old config's ``RewardService`` in ``trainer.callbacks`` plus a reward fragment);
 - a reward model made for frames of another size than the recipe decodes (the toy world's tiny-frame reward on a
   480x832 Wan video), or the toy world's statistics on a recipe of another size (names the fragment to use).
 
@@ -107,6 +108,12 @@ class RunCheck(Callback):
                 f"callbacks/ name no reward. Layer a reward fragment after the recipe and the stack: "
                 f"`--config {fragment}` (the toy world: {REWARD_FRAGMENTS['toy']}; Wan recipes: "
                 f"{REWARD_FRAGMENTS['wan']}), or set the top-level `reward:` key."
+            )
+        if len(services) > 1:
+            raise ValueError(
+                f"{len(services)} reward services on the trainer ({[type(s.model).__name__ for s in services]}): a "
+                "reward is configured once, by the top-level `reward:` key (a fragment from configs/rewards/). Remove "
+                "the RewardService from trainer.callbacks (an older config may still list one)."
             )
         if not services or frame is None:
             return
