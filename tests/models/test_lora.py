@@ -210,3 +210,14 @@ def test_a_lora_critic_initialises_from_a_lora_student_and_trains_only_its_adapt
     opt_s, opt_c = m.optimizers()
     critic_adapters = {id(p) for n, p in m.critic.named_parameters() if ".lora_" in n}
     assert {id(p) for g in opt_c.param_groups for p in g["params"]} == critic_adapters
+
+
+def test_plain_state_dict_equals_the_merged_model_without_copying_it():
+    from streamr1.models.lora import plain_state_dict
+
+    torch.manual_seed(0)
+    model = apply_lora(WanTransformer3DModel(**WAN_TINY), LORA)
+    _randomize_adapters(model)
+    plain, merged = plain_state_dict(model), merged_copy(model).state_dict()
+    assert plain.keys() == merged.keys()
+    assert max(float((plain[k] - merged[k]).abs().max()) for k in plain) < 1e-6

@@ -33,6 +33,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 DEFAULT_TARGETS: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
@@ -139,10 +140,44 @@ def merged_copy(model: nn.Module) -> nn.Module:
     return out
 
 
+def _full(t: Tensor) -> Tensor:
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
+
+
 def plain_state_dict(model: nn.Module) -> dict[str, Tensor]:
-    """``model``'s weights under plain (adapter-free) names, adapters merged in (e.g. to initialise a critic from a
-    LoRA student)."""
-    return merged_copy(model).state_dict() if has_lora(model) else model.state_dict()
+    """``model``'s weights under plain (adapter-free) names, adapters merged in (``W + (alpha / r) B A``; e.g. to
+    initialise a critic from a LoRA student). No copy of the model: works on FSDP2-sharded models (the small
+    adapters are gathered, the merged update is laid out like its base weight)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    sd = model.state_dict()
+    if not has_lora(model):
+        return sd
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, BaseTunerLayer)}
+    return _plain(sd, layers)
+
+
+@torch.no_grad()
+def _plain(sd: dict[str, Tensor], layers: dict[str, nn.Module]) -> dict[str, Tensor]:
+    out: dict[str, Tensor] = {}
+    for key, value in sd.items():
+        if ".lora_" in key:
+            continue
+        owner, sep, rest = key.partition(".base_layer.")
+        if not sep:
+            out[key] = value
+            continue
+        if rest == "weight":
+            layer = layers[owner]
+            delta = layer.scaling[ADAPTER_NAME] * (_full(layer.lora_B[ADAPTER_NAME].weight)
+                                                   @ _full(layer.lora_A[ADAPTER_NAME].weight))
+            if hasattr(value, "device_mesh"):
+                from torch.distributed.tensor import distribute_tensor
+
+                delta = distribute_tensor(delta.to(value.dtype), value.device_mesh, value.placements)
+            value = value + delta.to(value.dtype)
+        out[f"{owner}.{rest}"] = value
+    return out
 
 
 def adapter_state_dict(model: nn.Module) -> dict[str, Tensor]:
