@@ -35,7 +35,7 @@ STACKS: tuple[str, ...] = (
 """The rows: every callback stack of ``callbacks/``, baseline first."""
 
 LABELS: dict[str, str] = {
-    "init": "initial student (ODE init, no DMD)",
+    "init": "initial student (make toy-assets, no DMD)",
     "dmd": "plain DMD (Self-Forcing)",
     "reward_forcing": "Reward Forcing (W_inter on MQ)",
     "stream_r1": "Stream-R1",
@@ -97,9 +97,10 @@ def table_markdown(agg: dict[str, dict[str, tuple[float, float]]], info: dict[st
         f"Every row: `{info['command']}` for seeds {info['seeds']} (mean ± std over seeds), the same initial "
         f"student, {info['max_steps']} optimizer steps ({info['critic_steps']} critic + {info['student_steps']} "
         f"student), batch {info['batch_size']}. Each trained student is measured on the same {info['samples']} "
-        f"samples (the 48 cell captions x {info['repeats']}, fixed noise): oracle numbers from the pixels "
+        f"samples (the world's {info['samples'] // max(1, info['repeats'])} captions x {info['repeats']}, fixed "
+        f"noise; world {info.get('world', 'of the recipe')}): oracle numbers from the pixels "
         "(never from the reward), reward numbers are the toy reward's raw scores. Good-mode fraction: every oracle "
-        "axis above its threshold; mode coverage: share of the world's good videos (in the prompted cells) that some "
+        "axis above its threshold; mode coverage: share of the world's good videos (of the prompted cells) that some "
         "good sample is nearest to; flaw shares: the first failing oracle axis.",
         f"Compute: {info['fit_minutes']:.0f} min of fitting in all "
         f"({'/'.join(map(str, info['threads']))} CPU thread(s) a run).",
