@@ -70,22 +70,22 @@ class Budget:
         calibration_repeats: student rollouts per caption for the reward statistics and the init check.
     """
 
-    pretrain_iterations: int = 450
+    pretrain_iterations: int = 300
     pretrain_batch: int = 16
     pretrain_lr: float = 1.5e-3
-    causal_iterations: int = 120
+    causal_iterations: int = 80
     causal_lr: float = 5e-4
     ode_per_prompt: int = 8
     ode_steps: int = 16
-    student_iterations: int = 120
+    student_iterations: int = 80
     student_batch: int = 16
     student_lr: float = 5e-4
-    reward_iterations: int = 300
+    reward_iterations: int = 200
     reward_batch: int = 32
-    reward_pool: int = 1024
-    reward_rollouts: int = 256
+    reward_pool: int = 768
+    reward_rollouts: int = 128
     reward_lr: float = 2e-3
-    spearman_renders: int = 256
+    spearman_renders: int = 128
     calibration_repeats: int = 4
 
 
@@ -98,8 +98,8 @@ BUDGETS: dict[str, Budget] = {
                    student_iterations=2, student_batch=4, reward_iterations=2, reward_batch=4, reward_pool=16,
                    reward_rollouts=8, spearman_renders=16, calibration_repeats=1),
 }
-"""``default``: the shipped files (about 25 single-thread CPU-minutes; made on one shared core, see
-``toy_assets.json``); ``long``: about 6x the training steps (about an hour on 2 free cores), for a better student;
+"""``default``: the shipped files (about 12 single-thread CPU-minutes; made on one shared core, see
+``toy_assets.json``); ``long``: about 10x the training steps (about an hour on 2 free cores), for a better student;
 ``tiny``: seconds, for tests."""
 
 
