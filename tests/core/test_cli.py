@@ -29,6 +29,9 @@ def test_help_documents_arguments_from_docstrings(capsys):
     assert "--model.dmd.student_every" in out
     assert "student takes an optimizer step every this many optimizer cycles" in out
     assert "--model.dmd.accumulate" in out
+    # the fragments' top-level keys: the reward, the checkpoint every fit writes, predict's video writer
+    for key in ("--reward ", "--checkpoint.every_n_train_steps", "--checkpoint.save_top_k", "--video.fps"):
+        assert key in out, key
 
 
 def test_print_config_composes_two_configs(tmp_path, capsys):

@@ -40,7 +40,10 @@ class RunCheckpoint(ModelCheckpoint):
 
     Defaults: ``save_last=True``, ``every_n_train_steps=500``, ``save_top_k=1`` (the newest periodic checkpoint is
     kept, the one before it removed; ``-1`` keeps every one: at Wan scale a checkpoint with both optimizers is tens
-    of GB), file names ``step=<global_step>.ckpt``. Every other argument is Lightning's.
+    of GB), file names ``step=<global_step>.ckpt``. Every other argument is Lightning's. ``save_on_exception`` stays
+    off by default: an exception can come between the student's and the critic's optimizer steps of one cycle, and a
+    checkpoint of that state would not resume into the run that an uninterrupted fit makes; the last periodic
+    checkpoint does.
 
     Example::
 
