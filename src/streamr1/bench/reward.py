@@ -10,7 +10,9 @@ count (81 frames: 80 scored) at a reduced frame size (default 56x112 from 80x158
 * reference (Stream-R1's released code): one no-grad forward for the scores, one forward with grad, one backward
   an axis (three, the graph retained between them);
 * ours (:class:`~streamr1.rewards.service.RewardService`): one forward with grad serves the scores, and ONE batched
-  backward (``torch.autograd.grad(..., is_grads_batched=True)``) gives all three axes.
+  backward (``torch.autograd.grad(..., is_grads_batched=True)``) gives all three axes;
+* ours with ``batched_backward=False``: the same one forward, then one backward an axis (the service's fallback; it
+  trades the batched backward's extra memory for time).
 
 A first call of each (their outputs compared: scores and saliency must agree) is the warm-up; then
 ``--repeats`` interleaved rounds (A, B, A, B, ...; :func:`streamr1.bench.measure.interleaved`) give the median time
@@ -259,13 +261,15 @@ def service_scheme(service: Any, video: Tensor, prompts: Sequence[str]) -> tuple
     return dict(result.raw), torch.stack([result.saliency[a] for a in AXES])
 
 
-def make_service(reward: Any, device: torch.device) -> Any:
-    """A :class:`~streamr1.rewards.service.RewardService` around ``reward`` on ``device`` (no normalisation)."""
+def make_service(reward: Any, device: torch.device, batched_backward: bool = True) -> Any:
+    """A :class:`~streamr1.rewards.service.RewardService` around ``reward`` on ``device`` (no normalisation);
+    ``batched_backward=False`` is its one-backward-an-axis mode (still one forward)."""
     import warnings
 
     from streamr1.rewards.service import RewardService
 
-    service = RewardService(model=reward, normalization=None, keep_pixels=False, saliency=True)
+    service = RewardService(model=reward, normalization=None, keep_pixels=False, saliency=True,
+                            batched_backward=batched_backward)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         service.prepare(device)
@@ -306,29 +310,40 @@ def section_reward(*, layers: int = 1, vision_layers: int = 1, frames: int = 81,
         "repeats": repeats,
     }
 
+    services = {"ours": service, "ours, per-axis backward": make_service(reward, dev, batched_backward=False)}
     ref_scores, ref_sal = reference_scheme(reward, video, prompts)
-    f0, b0 = service.forward_calls, service.backward_calls
-    our_scores, our_sal = service_scheme(service, video, prompts)
-    calls = (service.forward_calls - f0, service.backward_calls - b0)
-    scale = float(ref_sal.abs().max())
-    sal_diff = float((our_sal.to(ref_sal) - ref_sal).abs().max()) / max(scale, 1e-30)
-    score_diff = max(float((our_scores[a].cpu() - ref_scores[a].cpu()).abs().max()) for a in AXES)
+    calls, sal_diff, score_diff = {}, 0.0, 0.0
+    scale = max(float(ref_sal.abs().max()), 1e-30)
+    for name, svc in services.items():  # the first call of each: outputs compared, and the warm-up
+        f0, b0 = svc.forward_calls, svc.backward_calls
+        scores, sal = service_scheme(svc, video, prompts)
+        calls[name] = (svc.forward_calls - f0, svc.backward_calls - b0)
+        sal_diff = max(sal_diff, float((sal.to(ref_sal) - ref_sal).abs().max()) / scale)
+        score_diff = max([score_diff] + [float((scores[a].cpu() - ref_scores[a].cpu()).abs().max()) for a in AXES])
 
-    fns = {"reference": lambda: reference_scheme(reward, video, prompts),
-           "ours": lambda: service_scheme(service, video, prompts)}
-    seconds = interleaved(fns, repeats, dev, warmup=0)  # the check above was the warm-up
+    fns: dict[str, Callable[[], Any]] = {"reference": lambda: reference_scheme(reward, video, prompts)}
+    for name, svc in services.items():
+        fns[name] = lambda svc=svc: service_scheme(svc, video, prompts)
+    seconds = interleaved(fns, repeats, dev, warmup=0)  # the checks above were the warm-up
     memory = {name: peak_memory(fn, dev) for name, fn in fns.items()}
     mib = 1.0 / 2**20
     sec = "reward"
-    rows = [
-        Row(sec, "reference: no-grad forward + forward + 3 backward", spread(seconds["reference"]), "s"),
-        Row(sec, f"ours: {calls[0]} forward + {calls[1]} batched backward", spread(seconds["ours"]), "s"),
-        Row(sec, "time ours / reference", pair_ratios(seconds["ours"], seconds["reference"]), "x",
-            "per-round ratio"),
-        Row(sec, "peak memory, reference", memory["reference"] * mib, "MiB",
-            "CUDA allocator peak" if dev.type == "cuda" else "torch.profiler CPU allocations"),
-        Row(sec, "peak memory, ours", memory["ours"] * mib, "MiB"),
-        Row(sec, "peak memory ours / reference", memory["ours"] / max(memory["reference"], 1), "x"),
+    what = {"reference": "no-grad forward + forward + 3 backward",
+            "ours": f"{calls['ours'][0]} forward + {calls['ours'][1]} batched backward",
+            "ours, per-axis backward": f"{calls['ours, per-axis backward'][0]} forward + "
+                                       f"{calls['ours, per-axis backward'][1]} backward"}
+    rows = []
+    for name in fns:
+        rows.append(Row(sec, f"time, {name}: {what[name]}", spread(seconds[name]), "s"))
+    for name in services:
+        rows.append(Row(sec, f"time {name} / reference", pair_ratios(seconds[name], seconds["reference"]), "x",
+                        "per-round ratio"))
+    for name in fns:
+        rows.append(Row(sec, f"peak memory, {name}", memory[name] * mib, "MiB",
+                        "CUDA allocator peak" if dev.type == "cuda" else "torch.profiler CPU allocations"))
+    for name in services:
+        rows.append(Row(sec, f"peak memory {name} / reference", memory[name] / max(memory["reference"], 1), "x"))
+    rows += [
         Row(sec, "saliency max |ours - reference| / max reference", sal_diff, "",
             "same maps" if sal_diff < 1e-3 else "DIFFERENT"),
         Row(sec, "scores max |ours - reference|", score_diff, ""),
