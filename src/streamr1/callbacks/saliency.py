@@ -9,7 +9,6 @@ import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F_
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
 from typing_extensions import override
 
@@ -96,8 +95,8 @@ class SaliencyWeighting(Callback):
     ``[B, F, 1, H, W]`` with mean 1 per sample (samples with a non-finite reward or weight get all ones). Setting
     ``needs_saliency = True`` is how the reward service knows to compute saliency at all.
 
-    Every ``heatmap_every_n_steps`` student steps, on global rank 0, it logs to TensorBoard (tag
-    ``weights/saliency_heatmap``) sample 0's decoded frames above its fused saliency.
+    Every ``heatmap_every_n_steps`` student steps, on global rank 0, it logs to every logger (TensorBoard, wandb,
+    CSV; tag ``weights/saliency_heatmap``) sample 0's decoded frames above its fused saliency.
 
     Args:
         fusion: ``adaptive`` (``softmax(-r / T)``, SPEC), ``mean`` or ``max`` (elementwise max over axes).
@@ -244,15 +243,16 @@ class SaliencyWeighting(Callback):
             ctx.logs[f"weights/fusion_{axis}"] = fw[:, i].mean()
 
     def log_heatmap(self, trainer: pl.Trainer, result: RewardResult, ctx: RolloutContext) -> None:
-        """Log sample 0's frames and fused saliency as one image to every TensorBoard logger of the trainer."""
-        loggers = [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
-        if not loggers:
+        """Log sample 0's frames and fused saliency as one image to every logger of the trainer
+        (:func:`streamr1.logging.log_image`: TensorBoard, wandb, CSV; others skip with a one-time warning)."""
+        from streamr1.logging import log_image
+
+        if not trainer.loggers:
             return
         S = self.fused_saliency(result)[0]
         pixels = result.pixels[0] if result.pixels is not None else None
         image = saliency_heatmap(S, pixels, max_frames=self.heatmap_max_frames)
-        for lg in loggers:
-            lg.experiment.add_image(HEATMAP_TAG, image, global_step=ctx.student_step, dataformats="CHW")
+        log_image(trainer, HEATMAP_TAG, image, ctx.student_step)
 
     @override
     def state_dict(self) -> dict[str, Any]:
