@@ -194,11 +194,11 @@ def test_wrong_shapes_named_before_any_load(tmp_path, monkeypatch):
         CausalWanDenoiser(pretrained=str(path), config={**CONFIG, "ffn_dim": 48})
     msg = str(err.value)
     assert msg.startswith(f"{path} (original keys, state dict under 'generator', prefix 'model.' stripped) does not "
-                          "match the given `config`: 6 tensors of another shape (e.g. blocks.0.ffn.net.0.proj")
+                          "fit the architecture in `config`: 6 tensors of another shape (e.g. blocks.0.ffn.net.0.proj")
     assert "expected [48, 16], found [32, 16]" in msg
     assert "The file holds a model with {'ffn_dim': 32}; the given `config` says {'ffn_dim': 48}" in msg
     assert "Fix: set `config` to the checkpoint's architecture" in msg
-    with pytest.raises(ValueError, match=r"does not match .*: 27 missing \(e.g. \['blocks.2.scale_shift_table"):
+    with pytest.raises(ValueError, match=r"does not fit .*: 27 missing \(e.g. \['blocks.2.scale_shift_table"):
         WanDenoiser(pretrained=str(path), config={**CONFIG, "num_layers": 3})
 
 

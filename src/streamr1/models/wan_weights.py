@@ -338,7 +338,7 @@ def check_fits(ckpt: WanCheckpoint, config: dict[str, Any], model: torch.nn.Modu
     except ValueError:
         hint = ""
     raise ValueError(
-        f"{ckpt.label} ({ckpt.note}) does not match the given `config`: " + "; ".join(parts) + "." + hint +
+        f"{ckpt.label} ({ckpt.note}) does not fit the architecture in `config`: " + "; ".join(parts) + "." + hint +
         " Fix: set `config` to the checkpoint's architecture (or remove `config` to read it from the file), or point "
         "`pretrained` at the checkpoint made for this architecture."
     )
@@ -382,7 +382,7 @@ def load_into_empty(
     """Fill a meta-device model from ``ckpt`` chunk by chunk, casting each tensor on its own (no full-size copy)."""
     keep = tuple(model._keep_in_fp32_modules or ()) if keep_fp32_modules else ()
     for chunk in ckpt.chunks():
-        cast = {k: v.to(target_dtype(k, v, dtype, keep)) for k, v in chunk.items()}
+        cast = {k: v.to(target_dtype(k, v, dtype, keep)).contiguous() for k, v in chunk.items()}
         del chunk
         model.load_state_dict(cast, strict=False, assign=True)
         del cast
