@@ -62,13 +62,12 @@ class Size:
 
 SIZES: dict[str, Size] = {s.name: s for s in (
     Size("quickstart", "configs/quickstart.yaml",
-         "configs/quickstart.yaml: the toy world's student (4 layers, width 128, 64 tokens a frame, 8x3x32x32 "
-         "pixels, batch 4) and its exact MixtureTeacher"),
-    Size("tiny", "configs/tiny_random.yaml",
-         "configs/tiny_random.yaml: 2 layers, width 16, 4x3x16x16 pixels (tests; overhead dominates)"),
+         "configs/quickstart.yaml: the toy world's recipe (its student, critic and exact MixtureTeacher)"),
+    Size("tiny", "configs/tiny_random.yaml", "configs/tiny_random.yaml: the smallest random recipe (tests; overhead "
+         "dominates)"),
     Size("wan1.3b", "configs/wan2.1_t2v.yaml",
-         "configs/wan2.1_t2v.yaml at Wan2.1-T2V-1.3B size, random weights (teacher 1.3B, not 14B), 21x16x60x104 "
-         "latent, bf16-mixed; needs a GPU", stream_r1=False, random_wan=True),
+         "configs/wan2.1_t2v.yaml at Wan2.1-T2V-1.3B size (the recipe's student), random weights (teacher 1.3B, "
+         "not 14B), the recipe's latent and precision; needs a GPU", stream_r1=False, random_wan=True),
     Size("wan-reduced", "configs/wan2.1_t2v.yaml",
          "configs/wan2.1_t2v.yaml at the 1.3B widths (12 heads x 128, FFN 8960, text 4096 x 512) with 1 layer, "
          "6x16x8x8 latent (21 frames of 64x64), random weights, float32: the Wan path on a CPU",
@@ -136,15 +135,17 @@ def size_overrides(size: Size, recipe_path: str) -> list[str]:
 def cli_args(size: Size, configs_dir: str, device: torch.device, layers: tuple[str, ...] = (),
              overrides: tuple[str, ...] = ()) -> list[str]:
     """``streamr1 fit`` arguments (without the subcommand) of ``size`` on ``device``, with ``layers`` (more
-    ``--config`` files) and ``overrides`` after the size's own. No logger, no progress bar, files in a temporary
-    folder: the benchmark writes nothing into the repository."""
+    ``--config`` files) and ``overrides`` after the size's own. No logger, no checkpoint (the turns section's fit
+    stops before its first step), no progress bar, files in a temporary folder: the benchmark writes nothing into
+    the repository."""
     recipe = find_config(configs_dir, size.recipe)
     args = ["--config", recipe]
     for layer in layers:
         args += ["--config", layer]
     args += size_overrides(size, recipe)
     args += ["--trainer.accelerator", "gpu" if device.type == "cuda" else "cpu", "--trainer.devices", "1",
-             "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
+             "--trainer.logger", "false", "--trainer.enable_checkpointing", "false",
+             "--trainer.enable_progress_bar", "false",
              "--trainer.enable_model_summary", "false", "--trainer.num_sanity_val_steps", "0",
              "--trainer.default_root_dir", tempfile.mkdtemp(prefix="streamr1-bench-")]
     return args + list(overrides)
