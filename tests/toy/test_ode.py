@@ -183,18 +183,24 @@ def test_tiny_budget_makes_every_shipped_file(tmp_path):
     finally:
         os.umask(old)
     assert assets.BUDGETS["tiny"].student_iterations == 2  # presets unchanged by a run
-    names = {assets.STUDENT_FILE, assets.REWARD_FILE, assets.STATS_FILE, assets.SPEARMAN_FILE, assets.MANIFEST_FILE}
+    names = {assets.PRETRAINED_FILE, assets.STUDENT_FILE, assets.REWARD_FILE, assets.STATS_FILE,
+             assets.ORACLE_STATS_FILE, assets.SPEARMAN_FILE, assets.MANIFEST_FILE}
     assert names <= set(os.listdir(tmp_path))
     for name in names:
         assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644
     student = assets.build_student(str(tmp_path / assets.STUDENT_FILE))
     assert sum(p.numel() for p in student.parameters()) == manifest["student"]["parameters"]
+    critic = assets.build_pretrained(str(tmp_path / assets.PRETRAINED_FILE))  # the critic's start loads too
+    assert sum(p.numel() for p in critic.parameters()) == manifest["pretrained"]["parameters"]
+    assert manifest["command"] == "python -m streamr1.toy.assets --output src/streamr1/assets --budget tiny"
+    assert set(manifest["student"]) >= {"causal_flow", "ode_regression"}
+    assert 0.0 <= manifest["initial_student"]["oracle"]["good_fraction"] <= 1.0
     reward = OpenCLIPVideoReward(state_path=str(tmp_path / assets.REWARD_FILE))
-    scores = reward((torch.rand(2, 8, 3, 32, 32)), ["a red circle moving left"] * 2)
+    scores = reward((torch.rand(2, 8, 3, 16, 16)), ["a red circle moving left"] * 2)
     assert set(scores) == {"VQ", "MQ", "TA"} and all(v.shape == (2,) for v in scores.values())
     stats = read_stats(tmp_path / assets.STATS_FILE)
     assert all(stats[a]["std"] >= 0 and stats[a]["count"] > 0 for a in ("VQ", "MQ", "TA"))
     rho = json.loads((tmp_path / assets.SPEARMAN_FILE).read_text())
     assert rho["spearman_reward_vs_oracle"] == manifest["reward"]["spearman"]
     assert all(-1.0 <= float(v) <= 1.0 for v in rho["spearman_reward_vs_oracle"].values())
-    assert set(rho["spearman_reward_vs_oracle"]) == {"VQ", "MQ", "TA"}
+    assert set(rho["spearman_reward_vs_oracle"]) == {"VQ", "MQ", "TA"} == set(rho["spearman_student_rollouts"])
