@@ -226,9 +226,9 @@ class StreamR1CLI(LightningCLI):
                 ckpt_path: str | None = None, return_predictions: bool | None = None, use_ema: bool = True,
                 **kwargs: Any) -> Any:
         """``streamr1 predict``: load the student (EMA weights when the checkpoint holds them and ``use_ema``) from
-        ``ckpt_path``,
-        then sample every predict prompt, streaming each batch's videos to the ``video`` writer as they are made
-        (``return_predictions`` is false unless set: nothing is kept in memory)."""
+        ``ckpt_path``, then sample every predict prompt, streaming each batch's videos to the ``video`` writer as
+        they are made (``return_predictions`` is false unless set: nothing is kept in memory). Where the composed
+        config's sampling settings differ from those the checkpoint was trained with, a line says so."""
         from lightning.pytorch.callbacks import BasePredictionWriter
         from lightning.pytorch.utilities import rank_zero_warn
 
@@ -244,6 +244,8 @@ class StreamR1CLI(LightningCLI):
             if self.trainer.is_global_zero:
                 print(f"[streamr1] sampling with the {which} student weights of {ckpt_path}; latent_shape "
                       f"{list(getattr(model, 'latent_shape', []))}", flush=True)
+                for line in _trained_differently(str(ckpt_path), model):
+                    print(f"[streamr1] {line}", flush=True)
         if not any(isinstance(cb, BasePredictionWriter) for cb in self.trainer.callbacks):
             rank_zero_warn("`streamr1 predict` writes nothing: no video writer is configured. Pass "
                            "--video.output_dir <folder> (mp4 files at --video.fps, a prompt .txt beside each).")
@@ -277,6 +279,10 @@ class StreamR1CLI(LightningCLI):
 
     def before_evaluate(self) -> None:
         self._resolve_last()
+        cfg = self.config_init[self.subcommand]
+        video = self._get(self.config_init, "video")
+        if cfg.get("fps") is None and video is not None:
+            cfg["fps"] = video.fps  # the recipe's frame rate (video.fps), the one predict writes at
 
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
@@ -286,6 +292,35 @@ class StreamR1CLI(LightningCLI):
             "calibrate": {"model", "datamodule"},
             "evaluate": {"model", "datamodule"},
         }
+
+
+def _plain(value: Any) -> Any:
+    """Tuples as lists and mappings as dicts, all the way down (to compare saved and configured values)."""
+    if isinstance(value, (tuple, list)):
+        return [_plain(v) for v in value]
+    if hasattr(value, "items"):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def _trained_differently(ckpt_path: str, model: LightningModule) -> list[str]:
+    """One line per sampling hyperparameter (``latent_shape``, ``sampling``) whose value in the composed config differs
+    from the one saved in the checkpoint (a ``.ckpt`` file, read memory-mapped; nothing for a sharded folder)."""
+    import torch
+
+    if not os.path.isfile(ckpt_path):
+        return []
+    try:
+        saved = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True).get("hyper_parameters", {})
+    except Exception:  # an unreadable header is load_student's to report, not this note's
+        return []
+    lines = []
+    for key in ("latent_shape", "sampling"):
+        if key in saved and key in model.hparams:
+            then, now = _plain(saved[key]), _plain(model.hparams[key])
+            if then != now:
+                lines.append(f"{key}: {now} from the config (the checkpoint was trained with {then})")
+    return lines
 
 
 def main(args: list[str] | None = None, run: bool = True) -> StreamR1CLI | None:

@@ -87,6 +87,8 @@ def test_predict_samples_the_checkpoints_student_at_the_command_lines_shape_and_
     assert speed["frames"] == 3 * 6 and speed["frames_per_second"] > 0
     out = capsys.readouterr().out
     assert "frames/s" in out and "sampling with the EMA student weights" in out
+    assert "latent_shape: [6, 3, 8, 8] from the config (the checkpoint was trained with [4, 3, 16, 16])" in out
+    assert "sampling: " not in out  # the shape was changed on purpose; the few-step list and shift were not
 
     out_dir = str(tmp_path / "student")  # export finds the same last.ckpt
     main(["export", "--config", TINY, "--trainer.logger.init_args.save_dir", runs, "--ckpt_path", "last",
