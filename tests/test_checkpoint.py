@@ -74,12 +74,17 @@ def _module(init_seed: int = 0) -> DMDModule:
 
 
 def _trainer(root, callbacks, max_steps=MAX_STEPS, **kw) -> pl.Trainer:
+    kw.setdefault("limit_val_batches", 0)
     return pl.Trainer(accelerator="cpu", devices=1, max_steps=max_steps, logger=False, enable_progress_bar=False,
-                      enable_model_summary=False, limit_val_batches=0, default_root_dir=str(root),
+                      enable_model_summary=False, default_root_dir=str(root),
                       plugins=[AtomicCheckpointIO()], callbacks=callbacks, **kw)
 
 
-def _run(root, ckpt_path=None, save=False, scramble=False, every=CKPT_STEP, log=None):
+# validation (one batch, sampling from the global RNG) after every 2nd training batch: after cycles 1, 3 and 5
+VALIDATE = {"limit_val_batches": 1, "val_check_interval": 2, "num_sanity_val_steps": 0}
+
+
+def _run(root, ckpt_path=None, save=False, scramble=False, every=CKPT_STEP, log=None, validate=False):
     pl.seed_everything(123)
     m, rec, ema = _module(0), LossRecorder(), StudentEMA(decay=0.5)
     if scramble:  # other student and critic weights (the frozen teacher reloads from its own weights, not these)
@@ -89,7 +94,7 @@ def _run(root, ckpt_path=None, save=False, scramble=False, every=CKPT_STEP, log=
     callbacks = [rec, ema] + ([log] if log is not None else [])
     if save:
         callbacks.append(ModelCheckpoint(dirpath=str(root), every_n_train_steps=every, save_top_k=-1))
-    trainer = _trainer(root, callbacks, enable_checkpointing=save)
+    trainer = _trainer(root, callbacks, enable_checkpointing=save, **(VALIDATE if validate else {}))
     trainer.fit(m, datamodule=_data(), ckpt_path=ckpt_path)
     return m, rec, ema, trainer
 
@@ -134,11 +139,11 @@ def test_resume_gives_the_same_losses_and_weights_as_the_uninterrupted_run(tmp_p
 
 
 def test_resume_from_every_step_continues_the_prompt_stream(tmp_path, deterministic):
-    """Checkpoints after every cycle (mid-epoch, the epoch's last batch, inside epoch 1): each resumed run trains on
-    exactly the batches, prompts and losses of the uninterrupted run from there on, and Lightning does not warn that
-    the loader is not resumable."""
+    """Checkpoints after every cycle (mid-epoch, the epoch's last batch, inside epoch 1, before a validation and
+    not): each resumed run trains on exactly the batches, prompts and losses of the uninterrupted run from there on,
+    and Lightning does not warn that the loader is not resumable."""
     full_log = PromptLog()
-    _, full_rec, _, _ = _run(tmp_path / "full", save=True, every=1, log=full_log)
+    _, full_rec, _, _ = _run(tmp_path / "full", save=True, every=1, log=full_log, validate=True)
     assert len(full_log.batches) == 6
     stream = [p for b in full_log.batches for p in b]
     assert sorted(stream[:7]) == sorted(PROMPTS)  # the first pass of the shuffled stream covers the list
@@ -147,7 +152,8 @@ def test_resume_from_every_step_continues_the_prompt_stream(tmp_path, determinis
         log = PromptLog()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            _, rec, _, tr = _run(tmp_path / f"resumed{step}", ckpt_path=_ckpt(tmp_path / "full", step), log=log)
+            _, rec, _, tr = _run(tmp_path / f"resumed{step}", ckpt_path=_ckpt(tmp_path / "full", step), log=log,
+                                 validate=True)
         assert log.batches == full_log.batches[cycle + 1:], step
         assert rec.losses == [e for e in full_rec.losses if e[1] > cycle], step
         assert tr.global_step == MAX_STEPS
@@ -169,6 +175,18 @@ def test_without_the_loader_state_a_resume_replays_the_first_prompts(tmp_path, d
     # the rest of epoch 0 (one batch by Lightning's count) is the epoch's first batch again, not its fourth
     assert log.batches[0] == full_log.batches[0] != full_log.batches[3]
     assert log.batches != full_log.batches[3:]
+
+
+def test_a_validation_that_kept_the_rng_it_drew_from_would_break_the_resume(tmp_path, deterministic, monkeypatch):
+    """Control for the validation part above: the checkpoint after cycle 1 is written before the validation that
+    follows it; if validation did not hand back the RNG streams, the resumed run (which skips that validation) would
+    draw other training noise."""
+    monkeypatch.setattr(DMDModule, "on_validation_end", lambda self: None)
+    _, full_rec, _, _ = _run(tmp_path / "full", save=True, every=1, validate=True)
+    _, rec, _, _ = _run(tmp_path / "resumed", ckpt_path=_ckpt(tmp_path / "full", STEPS_AFTER_CYCLE[1]), validate=True)
+    expected = [e for e in full_rec.losses if e[1] > 1]
+    assert [e[:2] for e in rec.losses] == [e[:2] for e in expected]
+    assert rec.losses[0][2] != expected[0][2]
 
 
 def test_resume_without_the_rng_state_would_draw_other_noise(tmp_path, deterministic, monkeypatch):

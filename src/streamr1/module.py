@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from streamr1.args import DMDArgs, MemoryArgs, SamplingArgs, as_dict, coerce
 from streamr1.context import RolloutContext, weighting_callbacks
-from streamr1.distributed import gather_rng_states, move_parameters, set_rng_state, shard_models
+from streamr1.distributed import collect_rng_state, gather_rng_states, move_parameters, set_rng_state, shard_models
 from streamr1.flow import add_noise, sample_dmd_timestep, warped_steps
 from streamr1.losses import cfg_x0, critic_flow_loss, dmd_gradient, dmd_loss
 from streamr1.models.lora import load_plain_state_dict, plain_state_dict, trainable_parameters
@@ -384,6 +384,17 @@ class DMDModule(pl.LightningModule):
         if self._pending_rng is not None:
             set_rng_state(self._pending_rng)
             self._pending_rng = None
+
+    def on_validation_start(self) -> None:
+        # Validation during fit samples from the global RNG. A checkpoint is written at a batch end, before the
+        # validation that follows it, and a run resumed from it does not redo that validation: so that it draws the
+        # same training noise as the uninterrupted run, validation hands the RNG streams back as it found them.
+        self._rng_before_validation = collect_rng_state() if self.trainer.state.fn == "fit" else None
+
+    def on_validation_end(self) -> None:
+        if getattr(self, "_rng_before_validation", None) is not None:
+            set_rng_state(self._rng_before_validation)
+            self._rng_before_validation = None
 
     def on_fit_start(self) -> None:
         if self._offloads_teacher():
