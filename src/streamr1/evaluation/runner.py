@@ -339,7 +339,7 @@ def _score(module: Any, batches: Sequence[Sequence[VideoItem]], videos_dir: str,
                          "raw": {a: float(raw[a].compute()) for a in axes},
                          "normalized": {a: float(norm[a].compute()) for a in axes}}
     else:
-        out["reward"] = {"skipped": "no RewardService in the recipe's trainer.callbacks (add a reward fragment)"}
+        out["reward"] = {"skipped": "no reward model (add a reward fragment, e.g. --config configs/rewards/toy.yaml)"}
     if clip_metric is not None:
         out["clip_score"] = {"value": float(clip_metric.compute()), "frames": clip_frames or "all",
                              "model": {k: v for k, v in clip.items() if k != "model_config"} or "model_config"}
