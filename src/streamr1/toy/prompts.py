@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch.utils.data import DataLoader
 
 from streamr1.data.prompts import PromptDataModule, PromptDataset
@@ -24,7 +25,8 @@ class ToyPromptDataModule(PromptDataModule):
         val_repeats: samples per caption in validation / test / prediction.
         num_val: keep only the first ``num_val`` validation prompts (``None``: all of them, ``val_repeats`` each).
         val_batch_size: batch size of validation / test / prediction (generation only; defaults to ``batch_size``).
-        samples_per_epoch: length of one training epoch (prompts cycle); bound training with ``max_steps``.
+        samples_per_epoch: captions per training epoch, cut from a stream of shuffled passes over all 48 captions
+            (:class:`~streamr1.data.prompts.PromptDataModule`); bound training with ``max_steps``.
         seed: shuffling seed.
         num_captions, world_seed: the exact world's caption count and seed (the teacher's ``num_captions`` and
             ``seed``); ``None``: the 48 cell captions.
@@ -58,8 +60,10 @@ class ToyPromptDataModule(PromptDataModule):
     def _eval_loader(self, prompts: list[str]) -> DataLoader:
         from streamr1.data.prompts import collate_prompts
 
+        # own generator: creating the iterator must not draw from the global RNG (the training noise; exact resume)
         return DataLoader(PromptDataset(prompts), batch_size=self.val_batch_size, shuffle=False,
-                          num_workers=self.num_workers, collate_fn=collate_prompts)
+                          num_workers=self.num_workers, collate_fn=collate_prompts,
+                          generator=torch.Generator().manual_seed(self.seed))
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader(self.val_prompts)
