@@ -10,7 +10,8 @@
     streamr1 evaluate --config configs/quickstart.yaml --ckpt_path last.ckpt --output_dir runs/eval --num_samples 5
     torchrun --nproc_per_node 8 -m streamr1.cli evaluate --config configs/wan2.1_t2v.yaml --trainer.devices 8 \\
         --ckpt_path last.ckpt --prompts_file VBench/prompts/all_dimension.txt \\
-        --extended_prompts_file VBench/prompts/augmented_prompts/all_dimension_extended.txt --output_dir eval/
+        --extended_prompts_file VBench/prompts/augmented_prompts/Wan2.1-T2V-1.3B/all_dimension_aug_wanx.txt \\
+        --output_dir eval/
 """
 
 from __future__ import annotations
