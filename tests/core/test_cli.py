@@ -110,3 +110,10 @@ def test_predict_warns_without_a_checkpoint_and_without_a_writer(tmp_path):
     assert any("has no --ckpt_path: sampling with the recipe's initial student weights" in m for m in messages)
     assert any("writes nothing: no video writer is configured. Pass --video.output_dir" in m for m in messages)
     assert not glob.glob(str(tmp_path / "**" / "*.mp4"), recursive=True)
+
+
+def test_ckpt_path_last_without_a_last_checkpoint_is_refused_by_sampling_commands(tmp_path):
+    for command in (["predict"], ["export", "--output_dir", str(tmp_path / "out")]):
+        with pytest.raises(FileNotFoundError, match=r"--ckpt_path last: no last.ckpt in this run's checkpoint folders"):
+            main([*command[:1], "--config", TINY, "--trainer.logger", "false", "--trainer.default_root_dir",
+                  str(tmp_path), "--ckpt_path", "last", *command[1:]])
