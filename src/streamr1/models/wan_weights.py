@@ -401,8 +401,9 @@ def _original_folder_config(path: str) -> dict[str, Any] | None:
     return cfg if ("dim" in cfg and "num_heads" in cfg) or cfg.get("_class_name") == "WanModel" else None
 
 
-def original_folder_files(path: str) -> list[str]:
-    """The weight files of an original Wan folder: the shards named by the index json, else the safetensors there."""
+def weight_files(path: str) -> list[str]:
+    """The weight files of a diffusers or original Wan folder: the shards named by the index json, else the
+    ``diffusion_pytorch_model*.safetensors`` there."""
     index = os.path.join(path, "diffusion_pytorch_model.safetensors.index.json")
     if os.path.isfile(index):
         with open(index) as fh:
@@ -446,31 +447,59 @@ def load_wan_transformer(
         keep_fp32_modules: keep diffusers' ``_keep_in_fp32_modules`` in float32 (as ``from_pretrained`` does).
     """
     dtype = parse_dtype(torch_dtype)
+    root = _transformer_root(path, subfolder)
+    if os.path.isdir(root) and _is_diffusers_folder(root):
+        model = _load_diffusers_folder(root, config, dtype)
+        if not keep_fp32_modules and dtype is not None:  # the float32-kept modules are small: cast them too
+            for p in model.parameters():
+                p.data = p.data.to(dtype)
+        _say(f"loaded {root} (diffusers folder, {_dtypes(model)})")
+        return model
+    ckpt, config = _open_with_config(root, config, checkpoint_key, key_prefix)
+    model = empty_wan(dict(config))
+    check_fits(ckpt, dict(config), model)
+    load_into_empty(model, ckpt, dtype, keep_fp32_modules)
+    _say(f"loaded {ckpt.label} ({ckpt.note}, {_dtypes(model)})")
+    return model
+
+
+def _transformer_root(path: str, subfolder: str | None) -> str:
     root = os.path.join(path, subfolder) if subfolder else path
     if os.path.isdir(path) and not os.path.isdir(root):
         raise FileNotFoundError(f"{path} has no subfolder {subfolder!r}: set `subfolder` to where the transformer is.")
     if (not subfolder and os.path.isdir(os.path.join(path, "transformer"))
             and not os.path.isfile(os.path.join(path, "config.json"))):
         root = os.path.join(path, "transformer")  # a diffusers pipeline folder given without `subfolder`
+    return root
+
+
+def _is_diffusers_folder(root: str) -> bool:
+    return _original_folder_config(root) is None and os.path.isfile(os.path.join(root, "config.json"))
+
+
+def _open_with_config(
+    root: str, config: dict[str, Any] | None, checkpoint_key: str, key_prefix: str | None
+) -> tuple[WanCheckpoint, dict[str, Any]]:
+    """Open a checkpoint file or a folder's weight files, and settle the architecture (given, or read off them)."""
+    heads = eps = None
     if os.path.isdir(root):
+        files = weight_files(root)
         original = _original_folder_config(root)
-        if original is None and os.path.isfile(os.path.join(root, "config.json")):
-            model = _load_diffusers_folder(root, config, dtype)
-            if not keep_fp32_modules and dtype is not None:  # the float32-kept modules are small: cast them too
-                for p in model.parameters():
-                    p.data = p.data.to(dtype)
-            _say(f"loaded {root} (diffusers folder, {_dtypes(model)})")
-        else:
-            files = original_folder_files(root)
-            ckpt = open_checkpoint(files, "none", key_prefix, label=f"{root} ({len(files)} file(s))")
-            heads = original.get("num_heads") if original else None
-            model = _load_checkpoint(ckpt, config, dtype, keep_fp32_modules, heads, eps=(original or {}).get("eps"))
-            _say(f"loaded {root} (original Wan folder: {ckpt.note}, {_dtypes(model)})")
+        kind = "original Wan folder" if original else "diffusers folder"
+        ckpt = open_checkpoint(files, "none", key_prefix, label=f"{root} ({kind}, {len(files)} file(s))")
+        if original:
+            heads, eps = original.get("num_heads"), original.get("eps")
+        elif config is None and os.path.isfile(os.path.join(root, "config.json")):
+            with open(os.path.join(root, "config.json")) as fh:
+                config = {k: v for k, v in json.load(fh).items() if not k.startswith("_")}
     else:
-        ckpt = open_checkpoint([path], checkpoint_key, key_prefix)
-        model = _load_checkpoint(ckpt, config, dtype, keep_fp32_modules)
-        _say(f"loaded {path} ({ckpt.note}, {_dtypes(model)})")
-    return model
+        ckpt = open_checkpoint([root], checkpoint_key, key_prefix)
+    if config is None:
+        config = infer_wan_config(ckpt.shapes, num_attention_heads=heads)
+        if eps is not None:
+            config["eps"] = eps
+        _say(f"{ckpt.label}: no `config` given; read off the weights: {config}")
+    return ckpt, dict(config)
 
 
 def _dtypes(model: torch.nn.Module) -> str:
@@ -483,29 +512,100 @@ def _dtypes(model: torch.nn.Module) -> str:
     return ", ".join(f"{count(n)} params {d}" for d, n in sorted(counts.items(), key=lambda kv: -kv[1]))
 
 
-def _load_checkpoint(
-    ckpt: WanCheckpoint, config: dict[str, Any] | None, dtype: torch.dtype | None, keep_fp32_modules: bool,
-    num_heads: int | None = None, eps: float | None = None,
-) -> WanTransformer3DModel:
-    if config is None:
-        config = infer_wan_config(ckpt.shapes, num_attention_heads=num_heads)
-        if eps is not None:
-            config["eps"] = eps
-        _say(f"{ckpt.label}: no `config` given; read off the weights: {config}")
-    model = empty_wan(dict(config))
-    check_fits(ckpt, dict(config), model)
-    return load_into_empty(model, ckpt, dtype, keep_fp32_modules)
-
-
 def _load_diffusers_folder(root: str, config: dict[str, Any] | None, dtype: torch.dtype | None):
     if config is not None:
-        with open(os.path.join(root, "config.json")) as fh:
-            held = json.load(fh)
-        diff = {k: (held[k], v) for k, v in config.items() if k in held and _norm(held[k]) != _norm(v)}
-        if diff:
-            raise ValueError(
-                f"{root}/config.json describes another architecture than the given `config` (folder vs config: "
-                f"{diff}). Fix: remove `config` (a diffusers folder carries its own) or point `pretrained` at the "
-                "folder of this architecture."
-            )
+        _load_diffusers_folder_config_check(root, config)
     return WanTransformer3DModel.from_pretrained(root, torch_dtype=dtype, local_files_only=True)
+
+
+def _load_diffusers_folder_config_check(root: str, config: dict[str, Any]) -> None:
+    with open(os.path.join(root, "config.json")) as fh:
+        held = json.load(fh)
+    diff = {k: (held[k], v) for k, v in config.items() if k in held and _norm(held[k]) != _norm(v)}
+    if diff:
+        raise ValueError(
+            f"{root}/config.json describes another architecture than the given `config` (folder vs config: "
+            f"{diff}). Fix: remove `config` (a diffusers folder carries its own) or point `pretrained` at the "
+            "folder of this architecture."
+        )
+
+
+PENDING = "_streamr1_pending_weights"
+"""Attribute of a model built by :func:`deferred_wan_transformer`: the checkpoint :func:`materialize_pending` reads."""
+
+
+def deferred_wan_transformer(
+    path: str,
+    config: dict[str, Any] | None = None,
+    subfolder: str | None = None,
+    checkpoint_key: str = "auto",
+    key_prefix: str | None = None,
+    torch_dtype: str | torch.dtype | None = None,
+    keep_fp32_modules: bool = True,
+) -> WanTransformer3DModel:
+    """The model of ``path`` on the meta device (no memory), checked against the checkpoint's shapes and in its
+    final dtypes, with the checkpoint attached: :func:`materialize_pending` fills it later, on the device.
+
+    Meant for FSDP2: ``fully_shard`` the meta model, then :func:`materialize_pending` makes each rank read the
+    checkpoint one tensor file at a time and keep only its own shard, so no rank ever holds the whole model (the
+    torchtitan recipe: meta-device init, shard, ``to_empty``, load). Without sharding, it loads the full model straight
+    onto the device, never in host memory. Same arguments and layouts as :func:`load_wan_transformer`.
+    """
+    dtype = parse_dtype(torch_dtype)
+    root = _transformer_root(path, subfolder)
+    if os.path.isdir(root) and _is_diffusers_folder(root) and config is not None:
+        _load_diffusers_folder_config_check(root, config)
+    ckpt, config = _open_with_config(root, config, checkpoint_key, key_prefix)
+    model = empty_wan(config)
+    check_fits(ckpt, config, model)
+    keep = tuple(model._keep_in_fp32_modules or ()) if keep_fp32_modules else ()
+    for name, p in model.named_parameters():  # meta tensors: casting costs nothing
+        p.data = p.data.to(target_dtype(name, p, dtype, keep))
+    setattr(model, PENDING, ckpt)
+    _say(f"{ckpt.label} ({ckpt.note}): built on the meta device; weights are read when it is placed or sharded")
+    return model
+
+
+def has_pending_weights(module: torch.nn.Module) -> bool:
+    """Whether ``module`` holds a model of :func:`deferred_wan_transformer` not yet filled."""
+    return any(hasattr(m, PENDING) for m in module.modules())
+
+
+@torch.no_grad()
+def materialize_pending(module: torch.nn.Module, device: torch.device | str) -> int:
+    """Fill every deferred Wan model inside ``module`` on ``device`` (after ``fully_shard`` if sharded).
+
+    Parameters that are FSDP2 ``DTensor`` shards receive only this rank's slice of each tensor
+    (``distribute_tensor(..., src_data_rank=None)``: every rank slices its own copy, no communication); plain
+    parameters receive the whole tensor. Buffers (the rotary tables) are kept. Returns how many models were filled.
+    """
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    filled = 0
+    for sub in list(module.modules()):
+        ckpt = getattr(sub, PENDING, None)
+        if ckpt is None:
+            continue
+        buffers = {n: b.detach().clone() for n, b in sub.named_buffers()}
+        sub.to_empty(device=torch.device(device))
+        for n, b in buffers.items():
+            sub.get_buffer(n).copy_(b)
+        params = dict(sub.named_parameters())
+        seen: set[str] = set()
+        for chunk in ckpt.chunks():
+            for k, v in chunk.items():
+                p = params[k]
+                v = v.to(p.dtype)
+                if isinstance(p, DTensor):
+                    shard = distribute_tensor(v.to(p.device), p.device_mesh, p.placements, src_data_rank=None)
+                    p.to_local().copy_(shard.to_local())
+                else:
+                    p.copy_(v)
+                seen.add(k)
+            del chunk
+        if seen != set(params):  # check_fits makes this unreachable unless the file changed since
+            raise RuntimeError(f"{ckpt.label}: {len(set(params) - seen)} parameters were not in the checkpoint.")
+        delattr(sub, PENDING)
+        _say(f"loaded {ckpt.label} on {device} ({_dtypes(sub)})")
+        filled += 1
+    return filled
