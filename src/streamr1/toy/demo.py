@@ -121,8 +121,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     cycles = args.max_steps - args.max_steps // 6  # critic steps when student_every = 5: N = c + ceil(c / 5)
     extra = ["--trainer.max_steps", str(args.max_steps), "--trainer.val_check_interval", str(cycles),
              "--trainer.default_root_dir", out, "--seed_everything", str(args.seed),
-             "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
-             "--trainer.callbacks.dirpath", os.path.join(out, "checkpoints"), "--trainer.callbacks.save_last", "true"]
+             "--checkpoint.dirpath", os.path.join(out, "checkpoints")]  # last.ckpt (the run's RunCheckpoint) there
     reward_config = reward_fragment(args.stack)
     command = (f"streamr1 fit --config {RECIPE} --config callbacks/{args.stack}.yaml "
                + (f"--config {reward_config} " if reward_config else "") + " ".join(extra).replace(out, args.output))
