@@ -122,3 +122,26 @@ def test_wandb_offline_gets_the_video_image_and_histogram(tmp_path, monkeypatch)
     assert summary["trainer/global_step"] == 2
     assert glob.glob(os.path.join(run_dir, "media", "videos", "val", "*.gif"))
     assert glob.glob(os.path.join(run_dir, "media", "images", "weights", "*.png"))
+
+
+def test_validation_samples_reach_every_logger(tmp_path):
+    """DMDModule's validation GIFs go through log_video: a CSV logger keeps them as files, TensorBoard as images."""
+    import lightning.pytorch as pl
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from streamr1.data import PromptDataModule
+    from tests.helpers import tiny_module
+
+    csv_logger = CSVLogger(save_dir=str(tmp_path), name="csv")
+    tb_logger = TensorBoardLogger(save_dir=str(tmp_path), name="tb")
+    trainer = pl.Trainer(accelerator="cpu", devices=1, logger=[csv_logger, tb_logger], enable_progress_bar=False,
+                         enable_model_summary=False, limit_val_batches=1)
+    module = tiny_module(log_val_videos=2)
+    trainer.validate(module, datamodule=PromptDataModule(prompts=["a red circle", "a blue square"], batch_size=2))
+    for i in (0, 1):
+        gif = os.path.join(csv_logger.log_dir, "media", f"val_sample_{i}", "step_00000000.gif")
+        assert open(gif, "rb").read(6) == b"GIF89a"
+    tb_logger.experiment.flush()
+    acc = EventAccumulator(tb_logger.log_dir, size_guidance={"images": 0})
+    acc.Reload()
+    assert {"val/sample_0", "val/sample_1"} <= set(acc.Tags()["images"])

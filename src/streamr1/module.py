@@ -84,7 +84,8 @@ class DMDModule(pl.LightningModule):
         evaluator: optional metric over generated videos (a torchmetrics ``Metric``/``MetricCollection`` with
             ``update(video [B, T, 3, H, W] in [-1, 1], prompts)`` and ``compute() -> dict``), logged as ``val/...``;
             e.g. the toy world's oracle metrics. Never used in training.
-        log_val_videos: validation samples logged as animated GIFs to TensorBoard (first batch; 0 = none).
+        log_val_videos: validation samples logged as animated GIFs to every logger (TensorBoard, wandb, CSV; first
+            batch; 0 = none).
         seed: seed of the module's control-flow generator (exit steps), broadcast from rank 0.
 
     Distributed: under Lightning's ``ModelParallelStrategy`` (FSDP2), :meth:`configure_model` shards student, critic
@@ -344,10 +345,10 @@ class DMDModule(pl.LightningModule):
                 self.log(key, value if isinstance(value, Tensor) else float(value), batch_size=batch_size)
 
     def _log_histogram(self, key: str, value: Tensor) -> None:
-        logger = self.logger
-        exp = getattr(logger, "experiment", None) if logger is not None else None
-        if exp is not None and hasattr(exp, "add_histogram") and self.trainer.is_global_zero:
-            exp.add_histogram(key, value.detach().float().cpu(), self.student_steps)
+        """To every logger (TensorBoard, wandb, CSV statistics; others skip with a one-time warning), on rank 0."""
+        from streamr1.logging import log_histogram
+
+        log_histogram(self.trainer, key, value, self.student_steps)
 
     # ------------------------------------------------------------------ optimizers
     def configure_optimizers(self) -> Any:
@@ -483,11 +484,11 @@ class DMDModule(pl.LightningModule):
         if self.evaluator is not None:
             self.evaluator.update(video, prompts)
         if batch_idx == 0 and self.hparams.log_val_videos > 0 and self.trainer.is_global_zero:
-            from streamr1.logging import log_gif, tensorboard_experiments
+            from streamr1.evaluation.runner import model_fps
+            from streamr1.logging import log_video
 
-            for exp in tensorboard_experiments(self.trainer):
-                for i in range(min(self.hparams.log_val_videos, video.shape[0])):
-                    log_gif(exp, f"val/sample_{i}", video[i], self.student_steps)
+            for i in range(min(self.hparams.log_val_videos, video.shape[0])):  # every logger: TensorBoard, wandb, CSV
+                log_video(self.trainer, f"val/sample_{i}", video[i], self.student_steps, fps=model_fps(self))
         return {"video": video, "prompts": prompts, "latents": latents}
 
     def on_validation_epoch_end(self) -> None:
