@@ -11,7 +11,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from safetensors.torch import save_file
 
-from streamr1.models.wan_weights import deferred_wan_transformer, has_pending_weights, materialize_pending
+from streamr1.models.wan_deferred import deferred_wan_transformer, has_pending_weights, materialize_pending
 from tests.models.test_wan_weights import CONFIG, inputs, source, to_original
 
 pytestmark = pytest.mark.usefixtures("one_thread")
