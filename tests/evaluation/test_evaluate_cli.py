@@ -76,3 +76,33 @@ def test_two_processes_split_the_suite_and_write_what_one_process_writes(tmp_pat
     assert s2["clip_score"]["value"] == pytest.approx(s1["clip_score"]["value"], abs=1e-4)
     for axis in ("VQ", "MQ", "TA"):
         assert s2["reward"]["raw"][axis] == pytest.approx(s1["reward"]["raw"][axis], abs=1e-5)
+
+
+@pytest.mark.slow  # a fit and three evaluations through the CLI: about 20 s
+def test_evaluate_samples_the_checkpoint_ema_unless_told_not_to(tmp_path):
+    """A checkpoint with a StudentEMA: evaluate uses the EMA weights (the summary says so); --use_ema false the trained
+    ones, which are other weights, so the same folder is refused as another run."""
+    extra = tmp_path / "fit.yaml"
+    extra.write_text(f"""
+trainer:
+  logger: false
+  max_steps: 4                 # 2 cycles with student_every 1: 2 critic + 2 student steps
+  enable_checkpointing: true
+  callbacks:
+    - class_path: streamr1.callbacks.ema.StudentEMA
+      init_args: {{decay: 0.5}}
+model:
+  dmd: {{student_every: 1}}
+checkpoint: {{dirpath: {tmp_path / "ckpt"}}}
+""")
+    main(["fit", "--config", TINY, "--config", str(extra), "--trainer.default_root_dir", str(tmp_path)])
+    ckpt = str(tmp_path / "ckpt" / "last.ckpt")
+    args = ["evaluate", "--config", TINY, "--trainer.logger", "false", "--ckpt_path", ckpt, "--num_samples", "1",
+            "--prompts", '["a red circle moving left"]', "--output_dir", str(tmp_path / "eval")]
+    main(args)
+    summary = json.loads(open(os.path.join(tmp_path, "eval", "summary.json")).read())
+    assert summary["run"]["ema"] is True and summary["run"]["checkpoint"] == ckpt
+    with pytest.raises(ValueError, match=r"another evaluation \(its manifest differs in \['weights'\]"):
+        main([*args, "--use_ema", "false"])
+    main([*args[:-1], str(tmp_path / "trained"), "--use_ema", "false"])
+    assert json.loads(open(os.path.join(tmp_path, "trained", "summary.json")).read())["run"]["ema"] is False
