@@ -214,3 +214,27 @@ def test_toy_world_oracle_metrics_are_reported(tmp_path):
     reference.update(video, [r["prompt"] for r in summary["videos"]])
     for k, v in reference.compute().items():
         assert summary["evaluator"][k] == pytest.approx(float(v), abs=1e-5), k
+
+
+def test_fps_counts_generated_frames_over_timed_wall_seconds_without_the_warm_up(module, tmp_path, monkeypatch):
+    """A fake clock: the warm-up batch 'takes' 100 s, every timed batch 0.5 s a video; 6 videos of 4 frames in 3
+    timed batches of 2 -> 24 frames / 3 s = 8 frames/s."""
+    from types import SimpleNamespace
+
+    import streamr1.evaluation.runner as runner
+
+    clock = {"now": 0.0, "calls": 0}
+    real = runner.sample_items
+
+    def timed(mod, items):
+        clock["now"] += 100.0 if clock["calls"] == 0 else 0.5 * len(items)
+        clock["calls"] += 1
+        return real(mod, items)
+
+    monkeypatch.setattr(runner, "sample_items", timed)
+    monkeypatch.setattr(runner, "time", SimpleNamespace(perf_counter=lambda: clock["now"]))
+    summary = evaluate(module, str(tmp_path / "fps"), PROMPTS, num_samples=2, batch_size=2, warmup_batches=1)
+    assert clock["calls"] == 4  # 1 warm-up + 3 timed batches
+    rank = summary["speed"]["per_rank"][0]
+    assert (rank["frames"], rank["seconds"]) == (24, 3.0)
+    assert summary["speed"]["frames_per_second"] == 8.0
