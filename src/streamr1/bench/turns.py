@@ -123,8 +123,7 @@ def measure_turns(ctx: BenchContext, trainer: Any, m: Any) -> list[Row]:
     rows = []
     for name, turn in (("DMD student turn", fns["DMD student turn"]), ("critic turn", critic_turn)):
         label = "student turn" if name.startswith("DMD") else name
-        rows.append(Row(SECTION, f"{label}: time", spread(seconds[name]).scaled(1e3), "ms",
-                        where if label == "student turn" else f"batch {batch}, latent {list(m.latent_shape)}"))
+        rows.append(Row(SECTION, f"{label}: time", spread(seconds[name]).scaled(1e3), "ms", where))
         rows.append(Row(SECTION, f"{label}: peak memory", peak_memory(turn, device) / 2**20, "MiB",
                         f"above the turn's start ({how}); one call"))
     rows.append(Row(SECTION, "student turn / critic turn", pair_ratios(seconds["DMD student turn"],
