@@ -238,3 +238,42 @@ def test_fps_counts_generated_frames_over_timed_wall_seconds_without_the_warm_up
     rank = summary["speed"]["per_rank"][0]
     assert (rank["frames"], rank["seconds"]) == (24, 3.0)
     assert summary["speed"]["frames_per_second"] == 8.0
+
+
+def test_vbench_runs_on_the_videos_folder_when_installed(module, tmp_path, monkeypatch):
+    """A stand-in ``vbench`` package with VBench's API: evaluate calls its standard mode on videos/ and folds the
+    dimension scores and VBench's total into the summary."""
+    import importlib.machinery
+    import sys
+    import types
+
+    from streamr1.evaluation.vbench import NORMALIZE
+
+    calls = []
+
+    class FakeVBench:
+        def __init__(self, device, full_info_dir, output_path):
+            self.output_path = output_path
+            os.makedirs(output_path, exist_ok=True)
+            calls.append({"device": device, "full_info": full_info_dir})
+
+        def evaluate(self, videos_path, name, dimension_list=None, mode="vbench_standard", **kwargs):
+            calls[-1].update(videos=sorted(os.listdir(videos_path)), mode=mode, dims=list(dimension_list))
+            with open(os.path.join(self.output_path, f"{name}_eval_results.json"), "w") as fh:
+                json.dump({d: [hi, [{"video_path": "x", "video_results": hi}]]
+                           for d, (_, hi) in NORMALIZE.items() if d in dimension_list}, fh)
+
+    fake = types.ModuleType("vbench")
+    fake.VBench = FakeVBench
+    fake.__spec__ = importlib.machinery.ModuleSpec("vbench", None)
+    monkeypatch.setitem(sys.modules, "vbench", fake)
+    info = tmp_path / "VBench_full_info.json"
+    info.write_text("[]")
+    summary = evaluate(module, str(tmp_path / "vb"), PROMPTS[:2], num_samples=1, vbench_full_info=str(info))
+    (call,) = calls
+    assert call["mode"] == "vbench_standard" and call["full_info"] == str(info) and call["device"] == "cpu"
+    assert call["videos"] == [f"{p}-0.mp4" for p in sorted(PROMPTS[:2])]  # the folder holds the videos only
+    assert len(call["dims"]) == 16
+    assert summary["vbench"]["total"] == pytest.approx(1.0)  # every dimension at its normalisation maximum
+    assert summary["vbench"]["dimensions"]["dynamic_degree"] == 1.0
+    assert "VBench total score | 1.0000" in (tmp_path / "vb" / "summary.md").read_text()
