@@ -224,28 +224,23 @@ def test_plain_state_dict_equals_the_merged_model_without_copying_it():
 
 
 def test_lora_from_the_command_line_fits_and_exports(tmp_path):
-    """``model.student.init_args.lora`` in YAML: fit, then ``export`` merged and ``--adapter_only true``."""
+    """configs/lora.yaml layered on a recipe: fit, then ``export`` merged and ``--adapter_only true``."""
     from streamr1.cli import main
 
-    tiny = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "configs",
-                        "tiny_random.yaml")
-    extra = tmp_path / "lora.yaml"
+    configs = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "configs")
+    recipe = ["--config", os.path.join(configs, "tiny_random.yaml"), "--config", os.path.join(configs, "lora.yaml")]
+    extra = tmp_path / "run.yaml"
     extra.write_text(f"""
 trainer: {{logger: false, max_steps: 3, enable_checkpointing: true, default_root_dir: {tmp_path}}}
-model:
-  student:
-    init_args:
-      lora: {{rank: 4, alpha: 8, target_modules: [to_q, to_v]}}
 checkpoint: {{dirpath: {tmp_path / "ckpt"}}}
 """)
-    main(["fit", "--config", tiny, "--config", str(extra)])
+    main(["fit", *recipe, "--config", str(extra)])
     ckpt = str(tmp_path / "ckpt" / "last.ckpt")
     state = torch.load(ckpt, weights_only=True)["state_dict"]
-    assert sum(".lora_A." in k for k in state) == 2 * 2 * 2  # 2 blocks x 2 attentions x (to_q, to_v)
-    main(["export", "--config", tiny, "--config", str(extra), "--ckpt_path", ckpt, "--output_dir",
-          str(tmp_path / "merged")])
+    assert sum(".lora_A." in k for k in state) == TARGETS  # 2 blocks x 2 attentions x 4 projections
+    main(["export", *recipe, "--config", str(extra), "--ckpt_path", ckpt, "--output_dir", str(tmp_path / "merged")])
     loaded = WanTransformer3DModel.from_pretrained(str(tmp_path / "merged"), local_files_only=True)
     assert not [n for n, p in loaded.named_parameters() if p.is_meta]
-    main(["export", "--config", tiny, "--config", str(extra), "--ckpt_path", ckpt, "--output_dir",
-          str(tmp_path / "adapter"), "--adapter_only", "true"])
+    main(["export", *recipe, "--config", str(extra), "--ckpt_path", ckpt, "--output_dir", str(tmp_path / "adapter"),
+          "--adapter_only", "true"])
     assert sorted(os.listdir(tmp_path / "adapter")) == ["adapter_config.json", "adapter_model.safetensors"]
