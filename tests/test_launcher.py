@@ -170,3 +170,20 @@ def test_ctrl_c_during_fit_shuts_down_cleanly_and_exits_130(tmp_path):
     assert proc.returncode == 130, err[-3000:]
     assert "Detected KeyboardInterrupt, attempting graceful shutdown" in out + err  # Lightning's shutdown ran
     assert err.rstrip().splitlines()[-1] == "streamr1: interrupted (SIGINT); shut down cleanly"
+
+
+def test_a_project_error_in_the_chain_comes_first_whole(tmp_path):
+    from streamr1.data.prompts import read_prompts
+
+    missing = str(tmp_path / "prompts.txt")
+    try:
+        try:
+            read_prompts(missing)
+        except FileNotFoundError as err:
+            raise ValueError("Does not validate against any of the Union subtypes\nErrors:\n  - Expected a <class "
+                             "'NoneType'>") from err
+    except ValueError as outer:
+        out = launcher.summarize_config_error(str(outer), outer, argv=["fit"]).splitlines()
+    assert out[0] == (f"streamr1: error: Prompt file not found: {missing!r}. Set `data.prompts_file` to a text file, "
+                      "one prompt a line.")
+    assert out[-1] == "(the full report: STREAMR1_DEBUG=1 streamr1 fit)"

@@ -222,11 +222,11 @@ def summarize_config_error(message: str, exc: BaseException | None = None,
         exc: the raised exception, when there is one: a message of streamr1's own code in its chain comes first.
         argv: the command line (for the hint on the last line; default ``sys.argv[1:]``).
     """
-    cause = None
+    cause, details = None, []
     if exc is not None:
         for link in reversed(_exception_chain(exc)):
             if _raised_in_project(link) and str(link).strip():
-                cause = str(link).strip().splitlines()[0]
+                cause, *details = str(link).strip().splitlines()  # the project's message, all of it
                 break
     leaves = _leaf_messages(message)
     if cause is None and leaves:
@@ -241,7 +241,7 @@ def summarize_config_error(message: str, exc: BaseException | None = None,
         first = f"{where}cannot import class_path '{class_paths[-1]}': {cause}"
     elif keys and keys[-1] not in cause:
         first = f"{keys[-1]}: {cause}"
-    lines = [f"streamr1: error: {first}"]
+    lines = [f"streamr1: error: {first}", *(f"  {d}" for d in details)]
     hint = _class_path_hint(cause)
     if hint:
         lines.append(f"  {hint}")
