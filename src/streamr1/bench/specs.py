@@ -57,7 +57,6 @@ class Size:
     num_layers: int | None = None
     latent_shape: tuple[int, int, int, int] | None = None
     precision: str | None = None
-    extra: tuple[str, ...] = field(default=())
 
 
 SIZES: dict[str, Size] = {s.name: s for s in (
@@ -129,7 +128,7 @@ def size_overrides(size: Size, recipe_path: str) -> list[str]:
         args += ["--model.latent_shape", json.dumps(list(size.latent_shape))]
     if size.precision is not None:
         args += ["--trainer.precision", size.precision]
-    return args + list(size.extra)
+    return args
 
 
 def cli_args(size: Size, configs_dir: str, device: torch.device, layers: tuple[str, ...] = (),
