@@ -51,6 +51,13 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["torch.cuda"])
 
 
+def mesh_device(mesh: Any) -> torch.device:
+    """This rank's device on ``mesh`` (the current CUDA device on a CUDA mesh)."""
+    if mesh.device_type == "cuda":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device(mesh.device_type)
+
+
 def broadcast_from_first(model: nn.Module, mesh: Any) -> None:
     """Give every rank of ``mesh`` the parameters and buffers of its first rank (before sharding them).
 
@@ -63,8 +70,7 @@ def broadcast_from_first(model: nn.Module, mesh: Any) -> None:
 
     group = mesh.get_group()
     src = dist.get_global_rank(group, 0)
-    device = torch.device(mesh.device_type, torch.cuda.current_device()) if mesh.device_type == "cuda" \
-        else torch.device(mesh.device_type)
+    device = mesh_device(mesh)
     with torch.no_grad():
         for t in [*model.parameters(), *model.buffers()]:
             if t.device.type == "meta":
@@ -81,8 +87,12 @@ def fsdp_shard(model: nn.Module, mesh: Any, offload: bool = False) -> None:
     left alone. The transformer is the FSDP root: every call (``forward``, the student's ``chunk_x0``) goes through
     its ``forward``, so FSDP's hooks run; wrappers around it must own no parameters. The root reshards after every
     forward too (FSDP2 keeps a root's parameters gathered until backward by default, and the teacher has none).
+    A model built with ``defer_load`` (still on the meta device) is sharded first, then each rank reads its own
+    shards from the checkpoint (:func:`streamr1.models.wan_deferred.materialize_pending`).
     """
     from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, OffloadPolicy, fully_shard
+
+    from streamr1.models.wan_deferred import has_pending_weights, materialize_pending
 
     root = getattr(model, "transformer", model)
     if isinstance(root, FSDPModule) or not any(True for _ in model.parameters()):
@@ -91,11 +101,29 @@ def fsdp_shard(model: nn.Module, mesh: Any, offload: bool = False) -> None:
     outside = [n for n, p in model.named_parameters() if id(p) not in inside]
     if outside:
         raise ValueError(f"Cannot shard {type(model).__name__}: parameters outside its transformer ({outside[:3]}).")
-    broadcast_from_first(model, mesh)
+    # defer_load (streamr1.models.wan_deferred): the model is still on the meta device. Every rank reads the same
+    # file, so there is nothing to broadcast; it is filled after sharding, each rank keeping only its own shard.
+    pending = has_pending_weights(model)
+    if not pending:
+        broadcast_from_first(model, mesh)
     policy = CPUOffloadPolicy() if offload else OffloadPolicy()
     for block in getattr(root, "blocks", []):
         fully_shard(block, mesh=mesh, reshard_after_forward=True, offload_policy=policy)
     fully_shard(root, mesh=mesh, reshard_after_forward=True, offload_policy=policy)
+    if pending:  # CPUOffloadPolicy keeps the shards in host memory: fill them there
+        materialize_pending(model, torch.device("cpu") if offload else mesh_device(mesh))
+
+
+def fill_deferred(module: nn.Module, device: torch.device) -> int:
+    """Fill the ``defer_load`` models inside ``module`` (built on the meta device, :mod:`streamr1.models.wan_deferred`)
+    whole on ``device``: the no-mesh case (single device, DDP); under FSDP2 :func:`fsdp_shard` fills them after
+    sharding. Called from ``configure_model``, which Lightning runs before the strategy's ``model.to(device)`` (meta
+    tensors cannot be copied) and before ``on_fit_start`` (``critic_init_from_student``, the teacher's offload to the
+    CPU). Returns how many models were filled (0 when none is pending: idempotent).
+    """
+    from streamr1.models.wan_deferred import materialize_pending
+
+    return materialize_pending(module, device)
 
 
 def gather_rng_states(world_size: int) -> list[dict[str, Any]]:

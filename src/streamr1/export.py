@@ -66,6 +66,11 @@ def load_student(module: LightningModule, ckpt_path: str | None, use_ema: bool =
     if ckpt_path is None:
         return {"checkpoint": None, "ema": False}
     student = module.student
+    from streamr1.models.wan_deferred import materialize_pending
+
+    # defer_load: a student still on the meta device would take load_state_dict as a silent no-op (and then be
+    # filled from its `pretrained` file): fill it first, on the CPU like an eagerly loaded one
+    materialize_pending(student, "cpu")
     sd, ckpt = _read_student(ckpt_path, student)
     student.load_state_dict(sd)
     shadow = _ema_shadow(ckpt) if use_ema else None

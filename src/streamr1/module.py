@@ -375,8 +375,11 @@ class DMDModule(pl.LightningModule):
         (configs/fsdp.yaml); streamr1 has no tensor parallelism. The teacher is sharded like the others (it holds no
         optimizer state and gets no gradient: it is frozen and not in any optimizer); with ``offload_teacher`` its
         shards live on the CPU (FSDP2 ``CPUOffloadPolicy``, GPU only).
+        ``defer_load`` models are filled here, after sharding or whole (:func:`~streamr1.distributed.fill_deferred`).
         """
         if self._device_mesh is None:
+            from streamr1.distributed import fill_deferred
+            fill_deferred(self, self.device)  # the strategy's root device (Lightning sets it before this hook)
             return
         shard_models(self._device_mesh, {"student": self.student, "critic": self.critic, "teacher": self.teacher},
                      offload=frozenset({"teacher"}) if self.memory.offload_teacher else frozenset())

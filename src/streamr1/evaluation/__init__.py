@@ -65,6 +65,9 @@ def evaluate_command(trainer: Any, model: Any, datamodule: Any = None, *, output
     suite, source = _suite(datamodule, prompts_file, prompts)
     extended = read_prompts(extended_prompts_file) if extended_prompts_file is not None else None
     info = load_student(model, ckpt_path, use_ema)
+    from streamr1.models.wan_deferred import materialize_pending
+
+    materialize_pending(model, trainer.strategy.root_device)  # defer_load models: meta tensors cannot be .to()-moved
     model.to(trainer.strategy.root_device)
     services = [cb for cb in trainer.callbacks if isinstance(cb, RewardService)]
     summary = evaluate(model, output_dir, suite, extended_prompts=extended, reward_service=services[0] if services

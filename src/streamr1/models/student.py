@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from streamr1.flow import flow_to_x0
 from streamr1.models.causal import CausalWanStudent, KVCache
 from streamr1.models.lora import LoRAArgs, apply_lora
-from streamr1.models.wan import build_wan_transformer
+from streamr1.models.wan import build_wan_transformer, check_defer_load
 
 
 class CausalWanDenoiser(nn.Module):
@@ -36,6 +36,9 @@ class CausalWanDenoiser(nn.Module):
         gradient_checkpointing: recompute each block in backward (less activation memory, ~30% more time).
         lora: LoRA adapters (``rank``, ``alpha``, ``target_modules``, ``dropout``; :mod:`streamr1.models.lora`): only
             the adapters train, the loaded weights stay frozen. ``None``: the whole model trains.
+        defer_load: build on the meta device and read the weights on the device later, after FSDP2 sharding
+            (each rank reads only its shard) or before the move to the device
+            (:func:`~streamr1.models.wan.build_wan_transformer`). Not with ``lora``.
 
     Example::
 
@@ -58,10 +61,12 @@ class CausalWanDenoiser(nn.Module):
         sink_frames: int = 0,
         gradient_checkpointing: bool = False,
         lora: LoRAArgs | None = None,
+        defer_load: bool = False,
     ) -> None:
         super().__init__()
+        check_defer_load(defer_load, lora)
         transformer = build_wan_transformer(pretrained, config, subfolder, key_prefix, checkpoint_key, torch_dtype,
-                                            keep_fp32_modules)
+                                            keep_fp32_modules, defer_load)
         if lora is not None:
             apply_lora(transformer, lora)
         if gradient_checkpointing:

@@ -30,6 +30,7 @@ def build_wan_transformer(
     checkpoint_key: str = "auto",
     torch_dtype: str | torch.dtype | None = None,
     keep_fp32_modules: bool = True,
+    defer_load: bool = False,
 ) -> WanTransformer3DModel:
     """Build a ``WanTransformer3DModel`` from a local folder, a checkpoint file, or a config dict.
 
@@ -48,12 +49,22 @@ def build_wan_transformer(
         keep_fp32_modules: keep diffusers' ``_keep_in_fp32_modules`` (time embedder, norms, modulation) in float32
             as ``from_pretrained`` does. Set ``False`` for a *trainable* bf16 model under FSDP2, which wants one
             dtype per group of trainable parameters.
+        defer_load: build the model on the meta device (no memory; shapes checked against the checkpoint) and read
+            the weights later, on the device: :meth:`~streamr1.module.DMDModule.configure_model` fills it after
+            FSDP2 sharding, each rank reading only its own shard (no full copy on any rank), or, without a device
+            mesh, before Lightning moves the module to the device (:mod:`streamr1.models.wan_deferred`). Needs
+            ``pretrained``.
 
     Raises:
         FileNotFoundError: ``pretrained`` does not exist.
         ValueError: neither argument given, an unknown key layout, or weights that do not fit ``config``.
     """
     dtype = parse_dtype(torch_dtype)
+    if pretrained is None and defer_load:
+        raise ValueError(
+            "defer_load: true needs `pretrained` (a checkpoint to read later); a model built from `config` alone is "
+            "randomly initialised now. Set `pretrained`, or remove `defer_load`."
+        )
     if pretrained is None:
         if config is None:
             raise ValueError(
@@ -72,7 +83,21 @@ def build_wan_transformer(
             "Wan folder or a checkpoint file (weights cannot be downloaded at run time), or remove it and give "
             "`config` to build a randomly initialised model."
         )
+    if defer_load:
+        from streamr1.models.wan_deferred import deferred_wan_transformer
+
+        return deferred_wan_transformer(path, config, subfolder, checkpoint_key, key_prefix, dtype, keep_fp32_modules)
     return load_wan_transformer(path, config, subfolder, checkpoint_key, key_prefix, dtype, keep_fp32_modules)
+
+
+def check_defer_load(defer_load: bool, lora: Any) -> None:
+    """``defer_load`` fills the checkpoint's own parameters by name: LoRA's renamed base layers and new adapters
+    would be left unfilled, so the two are refused together."""
+    if defer_load and lora is not None:
+        raise ValueError(
+            "defer_load does not combine with `lora` (the adapters and the renamed base layers are not in the "
+            "checkpoint it fills the model from): set `defer_load: false` for a LoRA model."
+        )
 
 
 def wan_flow(transformer: WanTransformer3DModel, x_t: Tensor, t: Tensor, cond: Tensor) -> Tensor:
@@ -106,6 +131,9 @@ class WanDenoiser(nn.Module):
         torch_dtype: parameter dtype, e.g. ``bfloat16`` for the frozen teacher (loaded without a float32 copy);
             float32 when unset.
         keep_fp32_modules: keep diffusers' float32 modules (time embedder, norms) in float32.
+        defer_load: build on the meta device and read the weights on the device later, after FSDP2 sharding
+            (each rank reads only its shard) or before the move to the device (:func:`build_wan_transformer`).
+            Not with ``lora``.
         gradient_checkpointing: recompute each block in backward (saves activation memory, costs ~30% time).
         lora: LoRA adapters (``rank``, ``alpha``, ``target_modules``, ``dropout``; :mod:`streamr1.models.lora`), e.g.
             on the critic: only the adapters train. ``None``: the whole model trains (or none of it, the teacher).
@@ -128,10 +156,12 @@ class WanDenoiser(nn.Module):
         keep_fp32_modules: bool = True,
         gradient_checkpointing: bool = False,
         lora: LoRAArgs | None = None,
+        defer_load: bool = False,
     ) -> None:
         super().__init__()
+        check_defer_load(defer_load, lora)
         self.transformer = build_wan_transformer(pretrained, config, subfolder, key_prefix, checkpoint_key,
-                                                 torch_dtype, keep_fp32_modules)
+                                                 torch_dtype, keep_fp32_modules, defer_load)
         if lora is not None:
             apply_lora(self.transformer, lora)
         if gradient_checkpointing:
