@@ -227,12 +227,16 @@ def train_toy_reward(reward: OpenCLIPVideoReward, iterations: int, batch_size: i
 @torch.no_grad()
 def reward_scores(reward: OpenCLIPVideoReward, video: Tensor, prompts: Sequence[str],
                   batch_size: int = 64) -> dict[str, Tensor]:
-    """Raw reward scores ``{axis: [N]}`` of ``video`` ``[N, T, 3, H, W]`` in ``[-1, 1]``, in batches."""
+    """Raw reward scores ``{axis: [N]}`` of ``video`` ``[N, T, 3, H, W]`` in ``[-1, 1]``, in batches, through
+    :meth:`~streamr1.rewards.service.RewardService.score` (the scoring function training uses)."""
+    from streamr1.rewards.calibration import as_service
+
+    service = as_service(reward, AXES)
     out: dict[str, list[Tensor]] = {a: [] for a in AXES}
     for i in range(0, video.shape[0], batch_size):
-        scores = reward(((video[i:i + batch_size] + 1) * 0.5).clamp(0, 1), list(prompts[i:i + batch_size]))
+        raw = service.score(video[i:i + batch_size], list(prompts[i:i + batch_size])).raw
         for a in AXES:
-            out[a].append(scores[a].float().cpu())
+            out[a].append(raw[a].float().cpu())
     return {a: torch.cat(v) for a, v in out.items()}
 
 
