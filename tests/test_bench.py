@@ -124,6 +124,11 @@ def test_sizes_are_recipes_and_the_wan_sizes_read_the_recipes_student():
         assert os.path.isfile(os.path.join(ROOT, size.recipe))
 
 
+def test_the_stream_r1_turn_layers_the_stack_then_the_reward_fragment():
+    files = specs.stream_r1_configs(ROOT)
+    assert [os.path.relpath(f, ROOT) for f in files] == ["callbacks/stream_r1.yaml", "configs/rewards/toy.yaml"]
+
+
 def test_a_missing_configs_dir_says_where_it_looked_and_what_to_pass(tmp_path):
     with pytest.raises(FileNotFoundError, match="--configs-dir"):
         specs.cli_args(specs.SIZES["tiny"], str(tmp_path), torch.device("cpu"))

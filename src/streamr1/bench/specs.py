@@ -23,8 +23,7 @@ import torch
 STREAM_R1_STACK = "callbacks/stream_r1.yaml"
 """The Stream-R1 callback stack (SPEC §4)."""
 TOY_REWARD = "configs/rewards/toy.yaml"
-"""The toy world's reward fragment, layered after the stack where the repository has it (older layouts kept the
-reward inside the stack)."""
+"""The toy world's reward fragment, layered after the stack (stacks name no reward)."""
 PROMPTS = ("a red circle moving left", "a blue square moving up", "a green triangle moving right",
            "a yellow star moving down")
 """Prompts of the sizes whose recipe reads a prompt file that is not here (the Wan recipe)."""
@@ -39,7 +38,7 @@ class Size:
         recipe: the recipe file, relative to the configs directory.
         description: one line for the table's header.
         stream_r1: whether the turns section also runs the Stream-R1 student turn (the recipe plus
-            :data:`STREAM_R1_STACK` and, when present, :data:`TOY_REWARD`). Off for Wan shapes: the toy reward does
+            :data:`STREAM_R1_STACK` and :data:`TOY_REWARD`). Off for Wan shapes: the toy reward does
             not fit a Wan latent, and the VideoReward model needs its weights.
         random_wan: replace every pretrained load of the recipe (student, teacher, critic, UMT5, VAE, prompt file)
             by the same classes with random weights at the student's width (the teacher is then a 1.3B model, not
@@ -86,12 +85,8 @@ def find_config(configs_dir: str, relative: str) -> str:
 
 
 def stream_r1_configs(configs_dir: str) -> list[str]:
-    """The files layered after a recipe for the Stream-R1 turn: the stack and, where it exists, the reward
-    fragment."""
-    files = [find_config(configs_dir, STREAM_R1_STACK)]
-    if os.path.isfile(os.path.join(configs_dir, TOY_REWARD)):
-        files.append(os.path.join(configs_dir, TOY_REWARD))
-    return files
+    """The files layered after a recipe for the Stream-R1 turn: the stack, then the reward fragment."""
+    return [find_config(configs_dir, STREAM_R1_STACK), find_config(configs_dir, TOY_REWARD)]
 
 
 def _recipe_yaml(path: str) -> dict[str, Any]:
