@@ -347,4 +347,4 @@ def main(args: list[str] | None = None, run: bool = True) -> StreamR1CLI | None:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    main(sys.argv[1:])
+    main()  # LightningCLI reads sys.argv itself (``python -m streamr1.launcher`` adds the friendly errors)
