@@ -91,8 +91,8 @@ def evaluate_folder(root: str, world: ToyWorld | None = None, reward: Any = None
     """:func:`evaluate_videos` on a folder of video files (decord, PyAV where decord fails).
 
     Videos are read by :class:`~streamr1.data.videos.VideoFolderDataset` (prompts from sidecar ``.txt`` files or
-    ``prompts_file``) at the world's size, ``[T, 3, H, W]`` of the recipe (:data:`streamr1.toy.LATENT_SHAPE`); a
-    video of another frame count or size is resampled to it.
+    ``prompts_file``) at the world's video shape ``[T, 3, H, W]`` (the recipe's, :data:`streamr1.toy.LATENT_SHAPE`,
+    by default); a video of another frame count or size is resampled to it.
 
     Example::
 
@@ -102,7 +102,7 @@ def evaluate_folder(root: str, world: ToyWorld | None = None, reward: Any = None
     from streamr1.data.videos import VideoFolderDataset
 
     world = world if world is not None else ToyWorld(**toy.WORLD)
-    frames, _, height, width = toy.LATENT_SHAPE
+    frames, _, height, width = world.videos.shape[1:]
     ds = VideoFolderDataset(root, prompts_file=prompts_file, num_frames=frames, size=(height, width))
     items = [ds[i] for i in range(len(ds))]
     video = torch.stack([it["video"] for it in items])
