@@ -30,9 +30,11 @@ def calibrate(trainer: Trainer, module: DMDModule, datamodule: LightningDataModu
     Scored through the trainer's :class:`~streamr1.rewards.service.RewardService` (its ``reward_inputs`` apply, as in
     training).
     """
+    from streamr1.distributed import fill_deferred
     from streamr1.rewards.calibration import calibrate_from_rollouts, calibrate_from_videos
     from streamr1.rewards.service import find_reward_service
 
+    fill_deferred(module, module.device)  # a defer_load student (no trainer hook runs here) is read before sampling
     service = find_reward_service(trainer)
     service.prepare(module.device)
     if video_dir is not None:

@@ -127,3 +127,19 @@ def test_configure_model_fills_the_deferred_models_before_the_move_to_the_device
         [n for n, p in eager.named_parameters() if p.requires_grad]  # the teacher stays frozen
     deferred.configure_model()  # Lightning may call it again (fit, then validate): nothing left to fill
     deferred.to(torch.float64)  # a copy works now (the strategy's model.to(device) is one)
+
+
+def test_a_checkpoint_loads_into_a_deferred_student(tmp_path):
+    """``predict``/``export``/``evaluate`` load the trained student before any trainer hook runs: a meta-device
+    student would take ``load_state_dict`` as a silent no-op and later be filled from its initial file, so
+    ``load_student`` fills it first; the checkpoint's weights win."""
+    from streamr1.export import load_student
+
+    paths = write_checkpoints(tmp_path)
+    trained = {f"student.{k}": v + 1.0 for k, v in _module(paths, False).student.state_dict().items()}
+    torch.save({"state_dict": trained}, tmp_path / "run.ckpt")
+    module = _module(paths, True)
+    load_student(module, str(tmp_path / "run.ckpt"), use_ema=False)
+    got = module.student.state_dict()
+    assert all(torch.equal(got[k[len("student."):]], v) for k, v in trained.items())
+    assert has_pending_weights(module.teacher)  # only the student was read: the teacher waits for configure_model
