@@ -126,6 +126,16 @@ def size_overrides(size: Size, recipe_path: str) -> list[str]:
     return args
 
 
+_SCRATCH: list[tempfile.TemporaryDirectory] = []
+
+
+def _scratch_dir() -> str:
+    """One temporary folder a process for the trainers' ``default_root_dir``, removed when the process exits."""
+    if not _SCRATCH:
+        _SCRATCH.append(tempfile.TemporaryDirectory(prefix="streamr1-bench-"))
+    return _SCRATCH[0].name
+
+
 def cli_args(size: Size, configs_dir: str, device: torch.device, layers: tuple[str, ...] = (),
              overrides: tuple[str, ...] = ()) -> list[str]:
     """``streamr1 fit`` arguments (without the subcommand) of ``size`` on ``device``, with ``layers`` (more
@@ -141,7 +151,7 @@ def cli_args(size: Size, configs_dir: str, device: torch.device, layers: tuple[s
              "--trainer.logger", "false", "--trainer.enable_checkpointing", "false",
              "--trainer.enable_progress_bar", "false",
              "--trainer.enable_model_summary", "false", "--trainer.num_sanity_val_steps", "0",
-             "--trainer.default_root_dir", tempfile.mkdtemp(prefix="streamr1-bench-")]
+             "--trainer.default_root_dir", _scratch_dir()]
     return args + list(overrides)
 
 
