@@ -43,7 +43,8 @@ def deferred_wan_transformer(
     Meant for FSDP2: ``fully_shard`` the meta model, then :func:`materialize_pending` makes each rank read the
     checkpoint one tensor file at a time and keep only its own shard, so no rank ever holds the whole model (the
     torchtitan recipe: meta-device init, shard, ``to_empty``, load). Without sharding, it loads the full model straight
-    onto the device, never in host memory. Same arguments and layouts as :func:`load_wan_transformer`.
+    onto the device; host memory holds only the weight file being read (a safetensors file is read whole, a torch
+    file is memory-mapped). Same arguments and layouts as :func:`~streamr1.models.wan_weights.load_wan_transformer`.
     """
     from streamr1.models.wan_weights import (
         _is_diffusers_folder,
