@@ -248,9 +248,15 @@ class DMDModule(pl.LightningModule):
         return self.memory.offload_teacher and self._device_mesh is None
 
     # ------------------------------------------------------------------ the two turns
-    def student_loss(self, prompts: Sequence[str], cond: Tensor) -> tuple[Tensor, RolloutContext]:
-        """One student micro-batch: rollout with grad, DMD gradient, weighting callbacks, weighted loss (SPEC §3-4)."""
-        x = self.rollout(cond, grad=True)
+    def student_loss(self, prompts: Sequence[str], cond: Tensor, exit_index: int | None = None,
+                     weighting: bool = True) -> tuple[Tensor, RolloutContext]:
+        """One student micro-batch: rollout with grad, DMD gradient, weighting callbacks, weighted loss (SPEC §3-4).
+
+        Args:
+            exit_index: the rollout's exit step; ``None`` draws it (on rank 0, broadcast). Fixed by benchmarks.
+            weighting: run the trainer's loss-weighting callbacks; ``False`` gives the plain DMD loss of the rollout.
+        """
+        x = self.rollout(cond, grad=True, exit_index=exit_index)
         t = self._dmd_timestep(x.shape[0])
         with torch.no_grad():
             x_t = add_noise(x.detach(), torch.randn_like(x), t)
@@ -259,7 +265,7 @@ class DMDModule(pl.LightningModule):
             g = dmd_gradient(x, x0_fake, x0_real)
         ctx = RolloutContext(x=x.detach(), dmd_grad=g, prompts=list(prompts), cond=cond, decode=self.decode,
                              student_step=self.student_steps)
-        if self._trainer is not None:
+        if weighting and self._trainer is not None:
             for cb in weighting_callbacks(self.trainer):
                 cb.weight_rollout(self.trainer, self, ctx)
         loss = dmd_loss(x, g, ctx.rollout_weight, ctx.element_weight)
@@ -267,10 +273,10 @@ class DMDModule(pl.LightningModule):
         ctx.logs["train/dmd_timestep"] = t.mean()
         return loss, ctx
 
-    def critic_loss(self, cond: Tensor) -> Tensor:
+    def critic_loss(self, cond: Tensor, exit_index: int | None = None) -> Tensor:
         """One critic micro-batch: a no-grad rollout, then the critic's flow-matching loss (SPEC §3.5)."""
         with torch.no_grad():
-            x = self.rollout(cond, grad=False)
+            x = self.rollout(cond, grad=False, exit_index=exit_index)
         t = self._dmd_timestep(x.shape[0])
         noise = torch.randn_like(x)
         x_t = add_noise(x, noise, t)

@@ -7,11 +7,10 @@ fitted by its own trainer (``Trainer.fit``): Lightning sets everything up (callb
 
 A turn is what ``DMDModule.training_step`` does for it: the turn's loss (``student_loss`` / ``critic_loss``) under
 the precision plugin's context, ``manual_backward``, ``optimizer_step`` (clip, step, zero grads). Every rollout
-exits at the last (costliest) of the few steps, so every student turn does the same work.
+exits at the last (costliest) of the few steps (``exit_index``), so every student turn does the same work.
 
-* plain DMD student turn: the same module and trainer with the loss-weighting callbacks (those with a
-  ``weight_rollout``) left out of ``trainer.callbacks`` for the turn: exactly what ``callbacks/dmd.yaml`` runs
-  (the module's loss is plain DMD when no callback weights it; the EMA runs after the step, outside a turn);
+* plain DMD student turn: the same module and trainer, ``student_loss(..., weighting=False)``: the loss-weighting
+  callbacks do not run, exactly what ``callbacks/dmd.yaml`` computes (the EMA runs after the step, outside a turn);
 * Stream-R1 student turn: every callback of the stack (reward service, balancing, reliability, saliency);
 * critic turn;
 * the reward pass alone: ``RewardService.score`` of one rollout (decode, one forward, one batched backward for the
@@ -77,7 +76,7 @@ def measure_turns(ctx: BenchContext, trainer: Any, m: Any) -> list[Row]:
     prompts = ctx.prompts(batch)
     opt_s, opt_c = m.optimizers()
     last = len(m.steps) - 1
-    m.draw_exit_index = lambda: last  # every rollout exits at the last step: every student turn does the same work
+    # every rollout exits at the last step (exit_index=last): every student turn does the same work
     callbacks = list(trainer.callbacks)
     plain = [cb for cb in callbacks if not _is_weighting(cb)]
     service = _reward_service(callbacks)
@@ -86,22 +85,20 @@ def measure_turns(ctx: BenchContext, trainer: Any, m: Any) -> list[Row]:
     calls = {"DMD": [0, 0, 0], "Stream-R1": [0, 0, 0]}  # turns, reward forwards, reward backwards
 
     def student_turn(kind: str) -> None:
-        trainer.callbacks = callbacks if kind == "Stream-R1" else plain
         f0, b0 = (service.forward_calls, service.backward_calls) if service is not None else (0, 0)
-        try:
-            with precision.train_step_context():
-                loss, _ = m.student_loss(prompts, m.encode_prompts(prompts))
-                m.manual_backward(loss)
-            m.optimizer_step(opt_s)
-        finally:
-            trainer.callbacks = callbacks
+        with precision.train_step_context():
+            # the plain DMD turn of the same fitted module: the weighting callbacks left out (what dmd.yaml runs)
+            loss, _ = m.student_loss(prompts, m.encode_prompts(prompts), exit_index=last,
+                                     weighting=kind == "Stream-R1")
+            m.manual_backward(loss)
+        m.optimizer_step(opt_s)
         if service is not None:
             c = calls[kind]
             c[0], c[1], c[2] = c[0] + 1, c[1] + service.forward_calls - f0, c[2] + service.backward_calls - b0
 
     def critic_turn() -> None:
         with precision.train_step_context():
-            loss = m.critic_loss(m.encode_prompts(prompts))
+            loss = m.critic_loss(m.encode_prompts(prompts), exit_index=last)
             m.manual_backward(loss)
         m.optimizer_step(opt_c)
 
