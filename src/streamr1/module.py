@@ -36,15 +36,11 @@ from streamr1.distributed import collect_rng_state, gather_rng_states, move_para
 from streamr1.flow import add_noise, sample_dmd_timestep, warped_steps
 from streamr1.losses import cfg_x0, critic_flow_loss, dmd_gradient, dmd_loss
 from streamr1.models.lora import load_plain_state_dict, plain_state_dict, trainable_parameters
-from streamr1.protocols import VAE, CausalStudent, Denoiser, TextEncoder
+from streamr1.protocols import VAE, CausalStudent, Denoiser, TextEncoder, check_models_fit
 from streamr1.rollout import generate, self_forcing_rollout
 
 FROZEN_PREFIXES = ("teacher.", "text_encoder.", "vae.", "evaluator.")
 """Submodules that never train: left out of checkpoints (they reload from their own weights)."""
-
-
-def _attr(module: Any, name: str) -> Any:
-    return getattr(module, name, None)
 
 
 def _drop_frozen_keys(module: nn.Module, state_dict: dict[str, Any], prefix: str, local_metadata: Any) -> None:
@@ -153,47 +149,7 @@ class DMDModule(pl.LightningModule):
         # sharded ones included) and let load_state_dict(strict=True) accept their absence.
         self.register_state_dict_post_hook(_drop_frozen_keys)
         self.register_load_state_dict_post_hook(_ignore_missing_frozen_keys)
-        self._check_compatible()
-
-    # ------------------------------------------------------------------ validation of the recipe
-    def _check_compatible(self) -> None:
-        """Fail before training on models that cannot work together, naming the mismatch and the fix."""
-        f, c, h, w = self.latent_shape
-        if not isinstance(self.student, CausalStudent) or not isinstance(self.student, nn.Module):
-            raise ValueError("`student` must be a causal chunk-wise nn.Module (streamr1.protocols.CausalStudent, e.g. "
-                             f"streamr1.models.CausalWanDenoiser), got {type(self.student).__name__}.")
-        if not isinstance(self.critic, nn.Module):
-            raise ValueError(f"`critic` must be a trainable nn.Module, got {type(self.critic).__name__}.")
-        chunk = self.student.chunk_frames
-        if f % chunk != 0:
-            raise ValueError(
-                f"latent_shape has {f} latent frames, not a multiple of the student's chunk_frames={chunk}: "
-                f"set `model.latent_shape[0]` to a multiple of {chunk} or change `student.init_args.chunk_frames`."
-            )
-        for name in ("student", "teacher", "critic"):
-            m = getattr(self, name)
-            ch = _attr(m, "latent_channels")
-            if ch is not None and ch != c:
-                raise ValueError(
-                    f"The {name} works on {ch} latent channels but latent_shape has C={c} "
-                    f"(VAE channels: {_attr(self.vae, 'latent_channels')}): make `latent_shape[1]`, the VAE and the "
-                    f"{name}'s `in_channels` agree."
-                )
-            patch = _attr(m, "patch_size")
-            if patch is not None and (h % patch[1] or w % patch[2] or f % patch[0]):
-                raise ValueError(
-                    f"latent_shape {self.latent_shape} is not divisible by the {name}'s patch size {patch}."
-                )
-            tdim = _attr(m, "text_dim")
-            edim = _attr(self.text_encoder, "dim")
-            if tdim is not None and edim is not None and tdim != edim:
-                raise ValueError(
-                    f"The {name} expects text embeddings of size {tdim} but the text encoder gives {edim}: "
-                    "use matching `text_dim` and encoder."
-                )
-        vae_ch = _attr(self.vae, "latent_channels")
-        if vae_ch is not None and vae_ch != c:
-            raise ValueError(f"The VAE has {vae_ch} latent channels but latent_shape has C={c}.")
+        check_models_fit(self.student, self.teacher, self.critic, self.text_encoder, self.vae, self.latent_shape)
 
     # ------------------------------------------------------------------ helpers
     def encode_prompts(self, prompts: Sequence[str]) -> Tensor:

@@ -90,3 +90,49 @@ def as_device_dtype(module: torch.nn.Module) -> tuple[torch.device, torch.dtype]
     for p in module.parameters():
         return p.device, p.dtype
     return torch.device("cpu"), torch.float32
+
+
+def _attr(module: Any, name: str) -> Any:
+    return getattr(module, name, None)
+
+
+def check_models_fit(student: Any, teacher: Any, critic: Any, text_encoder: Any, vae: Any,
+                     latent_shape: Sequence[int]) -> None:
+    """Fail before training on models that cannot work together, naming the mismatch and the fix.
+
+    Checks the contracts above (the student a :class:`CausalStudent` ``nn.Module``, the critic an ``nn.Module``) and
+    that ``latent_shape`` ``[F, C, H, W]`` fits every model: F a multiple of the student's chunk, C the channels of
+    the denoisers and the VAE, H, W and F divisible by the patch sizes, the text width the denoisers expect.
+    """
+    f, c, h, w = (int(v) for v in latent_shape)
+    if not isinstance(student, CausalStudent) or not isinstance(student, torch.nn.Module):
+        raise ValueError("`student` must be a causal chunk-wise nn.Module (streamr1.protocols.CausalStudent, e.g. "
+                         f"streamr1.models.CausalWanDenoiser), got {type(student).__name__}.")
+    if not isinstance(critic, torch.nn.Module):
+        raise ValueError(f"`critic` must be a trainable nn.Module, got {type(critic).__name__}.")
+    chunk = student.chunk_frames
+    if f % chunk != 0:
+        raise ValueError(
+            f"latent_shape has {f} latent frames, not a multiple of the student's chunk_frames={chunk}: "
+            f"set `model.latent_shape[0]` to a multiple of {chunk} or change `student.init_args.chunk_frames`."
+        )
+    for name, m in (("student", student), ("teacher", teacher), ("critic", critic)):
+        ch = _attr(m, "latent_channels")
+        if ch is not None and ch != c:
+            raise ValueError(
+                f"The {name} works on {ch} latent channels but latent_shape has C={c} "
+                f"(VAE channels: {_attr(vae, 'latent_channels')}): make `latent_shape[1]`, the VAE and the "
+                f"{name}'s `in_channels` agree."
+            )
+        patch = _attr(m, "patch_size")
+        if patch is not None and (h % patch[1] or w % patch[2] or f % patch[0]):
+            raise ValueError(f"latent_shape {list(latent_shape)} is not divisible by the {name}'s patch size {patch}.")
+        tdim, edim = _attr(m, "text_dim"), _attr(text_encoder, "dim")
+        if tdim is not None and edim is not None and tdim != edim:
+            raise ValueError(
+                f"The {name} expects text embeddings of size {tdim} but the text encoder gives {edim}: "
+                "use matching `text_dim` and encoder."
+            )
+    vae_ch = _attr(vae, "latent_channels")
+    if vae_ch is not None and vae_ch != c:
+        raise ValueError(f"The VAE has {vae_ch} latent channels but latent_shape has C={c}.")
