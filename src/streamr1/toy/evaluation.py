@@ -22,7 +22,8 @@ from streamr1.toy.world import ToyWorld
 def sample_student(student: Any, text_encoder: Any, prompts: Sequence[str], latent_shape: Sequence[int],
                    steps: Sequence[float], seed: int = 1234, batch_size: int = 64,
                    decode: Callable[[Tensor], Tensor] | None = None) -> Tensor:
-    """``[N, T, 3, H, W]`` in ``[-1, 1]``: one video per prompt from noise seeded with ``seed`` (same for every run).
+    """``[N, T, 3, H, W]`` in ``[-1, 1]``: one video per prompt from noise seeded with ``seed`` (same for every run; the
+    re-noising between levels draws from the same seeded generator, so the samples do not depend on the global RNG).
 
     Generation is inference (:func:`~streamr1.rollout.generate`): chunk by chunk through the KV cache, every level of
     the warped few-step list ``steps``.
@@ -47,7 +48,7 @@ def sample_student(student: Any, text_encoder: Any, prompts: Sequence[str], late
     for i in range(0, len(prompts), batch_size):
         batch = list(prompts[i:i + batch_size])
         cond = text_encoder.encode(batch).to(device, torch.float32)
-        latents = generate(student, noise[i:i + batch_size].to(device), cond, steps)
+        latents = generate(student, noise[i:i + batch_size].to(device), cond, steps, generator=g)
         video = decode(latents) if decode is not None else latents
         out.append(video.clamp(-1, 1).float().cpu())
     student.train(was_training)
