@@ -137,3 +137,17 @@ def test_init_check_reports_errors_and_oracle_numbers_at_small_size():
     assert set(result["errors"]) == {"continuation", "chunk0", "continuation_to_video", "chunk0_to_video"}
     text = format_report(result)
     assert "good-mode fraction" in text and "continuation vs teacher" in text
+
+
+def test_evaluation_samples_do_not_depend_on_the_global_rng():
+    from streamr1.toy.evaluation import sample_student
+
+    student = CausalWanDenoiser(config=TINY, chunk_frames=2)
+    enc = ToyTextEncoder(dim=toy.TEXT_DIM)
+    prompts = ToyWorld(**toy.WORLD).train_prompts()[:3]
+    torch.manual_seed(1)
+    a = sample_student(student, enc, prompts, toy.LATENT_SHAPE, LEVELS, seed=7)
+    torch.manual_seed(2)
+    torch.randn(10)
+    b = sample_student(student, enc, prompts, toy.LATENT_SHAPE, LEVELS, seed=7)
+    assert torch.equal(a, b)
