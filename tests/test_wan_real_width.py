@@ -32,6 +32,10 @@ REWARD_FRAME = [56, 84]  # the tiny Qwen2-VL's frames: 4 x 6 patches of 14 (the 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
 
+PROMPTS = ["a red fox runs through fresh snow"]
+"""The training prompts; the tiny reward's word-level tokenizer is built over them."""
+
+
 def _overrides(tmp_path, folder: str, base: str, stats: str) -> str:
     cfg = {
         "trainer": {"accelerator": "cpu", "devices": 1, "max_steps": 2, "logger": False, "limit_val_batches": 0,
@@ -46,7 +50,7 @@ def _overrides(tmp_path, folder: str, base: str, stats: str) -> str:
             "latent_shape": [3, 16, 8, 8],
             "dmd": {"accumulate": 1},  # one micro-batch a cycle: cycle 0 = one student turn + one critic turn
         },
-        "data": {"init_args": {"prompts_file": None, "prompts": ["a red fox runs through fresh snow"]}},
+        "data": {"init_args": {"prompts_file": None, "prompts": PROMPTS}},
         "reward": {"model": {"init_args": {"path": folder, "base_model": base, "size": REWARD_FRAME,
                                            "torch_dtype": "float32"}},
                    "normalization": stats},
@@ -57,10 +61,10 @@ def _overrides(tmp_path, folder: str, base: str, stats: str) -> str:
 
 
 def test_one_student_and_one_critic_turn_of_the_wan_recipe_at_real_width(tmp_path, capsys):
+    from streamr1.bench.reward import write_random_videoreward
     from streamr1.rewards.videoalign import main as videoalign_main
-    from tests.rewards.test_videoalign import _write_videoreward
 
-    folder, _ = _write_videoreward(str(tmp_path / "weights"))
+    folder, _ = write_random_videoreward(str(tmp_path / "weights"), prompts=PROMPTS)
     base = os.path.join(str(tmp_path / "weights"), "Qwen2-VL-tiny")
     stats = str(tmp_path / "videoreward_stats.json")
     videoalign_main(["stats", folder, "--output", stats])  # the recipe header's command for VideoReward's own stats
