@@ -172,6 +172,7 @@ def test_regression_loss_with_per_level_targets_scores_each_sample_at_its_level(
     assert float(loss) == pytest.approx(float(expected), rel=1e-6)
 
 
+@pytest.mark.slow  # every stage of the asset build at the tiny budget: about 5 minutes on 2 cores
 def test_tiny_budget_makes_every_shipped_file(tmp_path):
     from streamr1.rewards.normalization import read_stats
     from streamr1.rewards.openclip import OpenCLIPVideoReward
