@@ -14,7 +14,6 @@ shows the composed configuration. Several ``--config`` files compose left to rig
 from __future__ import annotations
 
 import os
-import sys
 from typing import Any
 
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
