@@ -4,8 +4,9 @@ The names below are imported on first use (PEP 562): ``import streamr1.models.lo
 not import diffusers and peft (about 12 s on a loaded 2-core machine), so ``streamr1 fit --help`` does not either.
 """
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from streamr1.lazy import lazy_exports
 
 if TYPE_CHECKING:  # pragma: no cover
     from streamr1.models.student import CausalWanDenoiser
@@ -22,16 +23,7 @@ _WHERE = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _WHERE:
-        value = getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_WHERE])
+__getattr__, __dir__ = lazy_exports(__name__, _WHERE, globals())
 
 __all__ = [
     "CausalWanDenoiser", "WanDenoiser", "build_wan_transformer", "load_wan_transformer", "infer_wan_config",
