@@ -96,3 +96,53 @@ def test_prompt_datamodule_and_world_arguments_follow_the_world():
     assert world_from_arguments(parser.parse_args([])) == toy.WORLD
     other = world_from_arguments(parser.parse_args(["--good-per-caption", "2", "--videos-per-caption", "6"]))
     assert other["good_per_caption"] == 2 and other["videos_per_caption"] == 6 and other["size"] == toy.WORLD["size"]
+
+
+def test_starts_per_caption_shares_bases_between_a_captions_videos():
+    """``starts_per_caption=k``: video ``j`` of a caption uses base ``j mod k``, so its flawed videos corrupt the same
+    start positions as its good ones; the default gives every video its own start."""
+    w = ToyWorld(num_captions=4, videos_per_caption=6, good_per_caption=2, size=16, starts_per_caption=2)
+    for c in range(4):
+        seeds = w.seeds[6 * c: 6 * (c + 1)]
+        assert seeds[0::2] == [seeds[0]] * 3 and seeds[1::2] == [seeds[1]] * 3 and seeds[0] != seeds[1]
+        good = w.videos[6 * c: 6 * c + 2]
+        assert not torch.equal(good[0], good[1])
+    free = ToyWorld(num_captions=4, videos_per_caption=6, good_per_caption=2, size=16)
+    assert len(set(free.seeds)) == 24
+    with pytest.raises(ValueError, match="starts_per_caption"):
+        ToyWorld(num_captions=4, videos_per_caption=6, good_per_caption=2, size=16, starts_per_caption=7)
+
+
+def test_shape_radius_and_travel_scale_set_what_is_drawn():
+    """A circle of radius ``r * size`` covers about ``pi (r size)^2`` pixels; the centre travels ``TRAVEL * scale *
+    size`` pixels over the clip (``TRAVEL[None] = 0.38``: 0.38 * 0.5 * 32 = 6.08 px)."""
+    from streamr1.toy.world import ToyAttributes
+
+    attrs = ToyAttributes("circle", "red", "right", None, "dark")
+    for radius in (0.14, 0.25):
+        _, info = render_with_info(attrs, "good", seed=1, size=32, shape_radius=radius)
+        video = render(attrs, "good", seed=1, size=32, shape_radius=radius)
+        coverage = (video[0, 0] + 0.85) / (0.9 + 0.85)  # red channel: alpha
+        assert coverage.sum().item() == pytest.approx(torch.pi * (radius * 32) ** 2, rel=0.03)
+    _, info = render_with_info(attrs, "good", seed=1, size=32, travel_scale=0.5)
+    assert (info["centres"][-1, 0] - info["centres"][0, 0]).item() == pytest.approx(0.38 * 0.5 * 32, abs=1e-4)
+    with pytest.raises(ValueError, match="shape_radius"):
+        render(attrs, "good", size=32, shape_radius=0.5)
+    w = ToyWorld(num_captions=2, videos_per_caption=2, good_per_caption=1, size=16, shape_radius=0.25,
+                 travel_scale=0.5)
+    assert torch.equal(w.videos[0], render(w.attributes[0], w.modes[0], w.seeds[0], 8, 16, 0.25, 0.5))
+
+
+def test_world_arguments_carry_the_rendering_options_to_the_fit_overrides():
+    from streamr1.toy.quality import world_overrides
+
+    parser = argparse.ArgumentParser()
+    add_world_arguments(parser)
+    world = world_from_arguments(parser.parse_args(["--starts-per-caption", "2", "--shape-radius", "0.2"]))
+    assert world["starts_per_caption"] == 2 and world["shape_radius"] == 0.2 and "travel_scale" not in world
+    args = world_overrides(world)
+    pairs = dict(zip(args[0::2], args[1::2], strict=True))
+    assert pairs["--model.teacher.init_args.starts_per_caption"] == "2"
+    assert pairs["--model.evaluator.init_args.shape_radius"] == "0.2"
+    teacher = MixtureTeacher(**{k: v for k, v in world.items()}, text_dim=32)
+    assert torch.equal(teacher.world.videos, ToyWorld(**world).videos)

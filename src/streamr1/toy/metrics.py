@@ -18,7 +18,7 @@ from torch import Tensor
 from torchmetrics import MeanMetric, Metric, MetricCollection
 
 from streamr1.toy.oracle import _as_attrs, _check_video, classify_mode, good_mode, oracle_scores
-from streamr1.toy.world import MODES, NUM_CELLS, ToyAttributes, ToyWorld
+from streamr1.toy.world import MODES, NUM_CELLS, SHAPE_RADIUS, ToyAttributes, ToyWorld
 
 
 def _good_flags(video_or_good: Tensor, attrs: Sequence[ToyAttributes | str] | None) -> Tensor:
@@ -192,10 +192,12 @@ class ToyOracleMetrics(MetricCollection):
 
     def __init__(self, num_videos: int | None = None, seed: int = 0, mode_probs: dict[str, float] | None = None,
                  frames: int = 8, size: int = 32, world: ToyWorld | None = None, num_captions: int | None = None,
-                 videos_per_caption: int = 8, good_per_caption: int = 4) -> None:
+                 videos_per_caption: int = 8, good_per_caption: int = 4, starts_per_caption: int | None = None,
+                 shape_radius: float = SHAPE_RADIUS, travel_scale: float = 1.0) -> None:
         world = world if world is not None else ToyWorld(
             num_videos, seed, mode_probs, frames, size, num_captions=num_captions,
-            videos_per_caption=videos_per_caption, good_per_caption=good_per_caption)
+            videos_per_caption=videos_per_caption, good_per_caption=good_per_caption,
+            starts_per_caption=starts_per_caption, shape_radius=shape_radius, travel_scale=travel_scale)
         metrics: dict[str, Metric] = {
             "good_fraction": GoodModeFraction(),
             "mode_coverage": ModeCoverage(world),

@@ -151,9 +151,10 @@ def world_overrides(world: dict[str, Any]) -> list[str]:
         raise ValueError(f"The quality table runs the recipe's {toy.WORLD['size']}x{toy.WORLD['size']} student; "
                          f"world size {world['size']} needs other assets.")
     out = []
-    for key in ("num_captions", "videos_per_caption", "good_per_caption", "seed"):
+    for key in sorted(set(world) - {"size"}):
+        value = "null" if world[key] is None else str(world[key])
         for part in ("teacher", "evaluator"):
-            out += [f"--model.{part}.init_args.{key}", str(world[key])]
+            out += [f"--model.{part}.init_args.{key}", value]
     return out + ["--data.init_args.num_captions", str(world["num_captions"]),
                   "--data.init_args.world_seed", str(world["seed"])]
 

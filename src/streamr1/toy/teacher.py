@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from streamr1.flow import NUM_TRAIN_TIMESTEPS
 from streamr1.toy.text import ToyTextEncoder
-from streamr1.toy.world import ToyWorld
+from streamr1.toy.world import SHAPE_RADIUS, ToyWorld
 
 
 class MixtureTeacher(nn.Module):
@@ -52,11 +52,14 @@ class MixtureTeacher(nn.Module):
     def __init__(self, world: ToyWorld | None = None, text_encoder: ToyTextEncoder | None = None, *,
                  num_videos: int | None = None, seed: int = 0, mode_probs: dict[str, float] | None = None,
                  frames: int = 8, size: int = 32, num_captions: int | None = None, videos_per_caption: int = 8,
-                 good_per_caption: int = 4, text_dim: int = 32, min_sigma: float = 1e-4) -> None:
+                 good_per_caption: int = 4, starts_per_caption: int | None = None,
+                 shape_radius: float = SHAPE_RADIUS, travel_scale: float = 1.0, text_dim: int = 32,
+                 min_sigma: float = 1e-4) -> None:
         super().__init__()
         self.world = world if world is not None else ToyWorld(
             num_videos, seed, mode_probs, frames, size, num_captions=num_captions,
-            videos_per_caption=videos_per_caption, good_per_caption=good_per_caption)
+            videos_per_caption=videos_per_caption, good_per_caption=good_per_caption,
+            starts_per_caption=starts_per_caption, shape_radius=shape_radius, travel_scale=travel_scale)
         self.text_encoder = text_encoder if text_encoder is not None else ToyTextEncoder(dim=text_dim)
         self.min_sigma = float(min_sigma)
         bank = self.world.videos.to(torch.float64)

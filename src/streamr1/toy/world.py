@@ -222,9 +222,13 @@ def gaussian_blur(video: Tensor, sigma: float) -> Tensor:
 
 
 def render_with_info(attrs: ToyAttributes, quality_mode: str = "good", seed: int = 0, frames: int = 8,
-                     size: int = 32) -> tuple[Tensor, dict[str, Any]]:
+                     size: int = 32, shape_radius: float = SHAPE_RADIUS,
+                     travel_scale: float = 1.0) -> tuple[Tensor, dict[str, Any]]:
     """:func:`render` plus what was drawn: ``{"centres": [T, 2] (x, y px), "colour": str, "direction": str,
     "corruption": str}`` (the colour/direction actually rendered, which differ from ``attrs`` in ``"text"`` mode)."""
+    if not 0.05 <= shape_radius <= 0.3 or not 0.0 < travel_scale <= 1.0:
+        raise ValueError(f"shape_radius must be in [0.05, 0.3] (a fraction of the frame) and travel_scale in (0, 1]; "
+                         f"got {shape_radius} and {travel_scale}.")
     if quality_mode not in MODES:
         raise ValueError(f"quality_mode={quality_mode!r}: expected one of {MODES}.")
     if frames < 2 or size < 8:
@@ -238,9 +242,9 @@ def render_with_info(attrs: ToyAttributes, quality_mode: str = "good", seed: int
             colour, corruption = _choice(g, [c for c in COLOURS if c != attrs.colour]), "colour"
         else:
             direction, corruption = _choice(g, [d for d in DIRECTIONS if d != attrs.direction]), "direction"
-    radius = SHAPE_RADIUS * size
+    radius = shape_radius * size
     margin = _extent(attrs.shape, radius) + 1.0
-    travel = TRAVEL[attrs.speed] * size
+    travel = TRAVEL[attrs.speed] * travel_scale * size
     vel = torch.tensor(DIRECTION_VEC[direction], dtype=torch.float64) * travel / (frames - 1)
     start = torch.empty(2, dtype=torch.float64)
     for ax in range(2):
@@ -292,7 +296,8 @@ def render_with_info(attrs: ToyAttributes, quality_mode: str = "good", seed: int
     return video, {"centres": centres.float(), "colour": colour, "direction": direction, "corruption": corruption}
 
 
-def render(attrs: ToyAttributes, quality_mode: str = "good", seed: int = 0, frames: int = 8, size: int = 32) -> Tensor:
+def render(attrs: ToyAttributes, quality_mode: str = "good", seed: int = 0, frames: int = 8, size: int = 32,
+           shape_radius: float = SHAPE_RADIUS, travel_scale: float = 1.0) -> Tensor:
     """Render one video ``[T, 3, H, W]`` in ``[-1, 1]``, deterministic in ``(attrs, quality_mode, seed)``.
 
     A soft-edged (1-pixel anti-aliased) shape moves with constant velocity from a random start (chosen so
@@ -307,7 +312,7 @@ def render(attrs: ToyAttributes, quality_mode: str = "good", seed: int = 0, fram
     - ``"text"``: the shape is drawn in another colour or moves in another direction than the caption
       says, half the time each.
     """
-    return render_with_info(attrs, quality_mode, seed, frames, size)[0]
+    return render_with_info(attrs, quality_mode, seed, frames, size, shape_radius, travel_scale)[0]
 
 
 EXACT_COMBOS: tuple[tuple[str, str, str, str, str], ...] = tuple(
@@ -339,6 +344,9 @@ def exact_attributes(num_captions: int, seed: int = 0) -> list[ToyAttributes]:
 # The world
 
 _WORLD_CACHE: dict[tuple[Any, ...], dict[str, Any]] = {}
+
+WORLD_DEFAULTS: dict[str, Any] = {"starts_per_caption": None, "shape_radius": SHAPE_RADIUS, "travel_scale": 1.0}
+""":class:`ToyWorld`'s defaults for the rendering arguments a world dict may leave out."""
 
 
 class ToyWorld(Dataset):
@@ -381,8 +389,14 @@ class ToyWorld(Dataset):
 
     def __init__(self, num_videos: int | None = None, seed: int = 0, mode_probs: Mapping[str, float] | None = None,
                  frames: int = 8, size: int = 32, p_speed: float = 0.3, p_background: float = 0.3,
-                 num_captions: int | None = None, videos_per_caption: int = 8, good_per_caption: int = 4) -> None:
+                 num_captions: int | None = None, videos_per_caption: int = 8, good_per_caption: int = 4,
+                 starts_per_caption: int | None = None, shape_radius: float = SHAPE_RADIUS,
+                 travel_scale: float = 1.0) -> None:
         self.num_captions = None if num_captions is None else int(num_captions)
+        self.starts_per_caption = None if starts_per_caption is None else int(starts_per_caption)
+        if self.starts_per_caption is not None and not 1 <= self.starts_per_caption <= int(videos_per_caption):
+            raise ValueError(f"starts_per_caption must be in 1..videos_per_caption={videos_per_caption} (or null: a "
+                             f"start for every video), got {starts_per_caption}.")
         self.videos_per_caption, self.good_per_caption = int(videos_per_caption), int(good_per_caption)
         if self.num_captions is not None:
             if not 1 <= self.num_captions <= len(EXACT_COMBOS):
@@ -409,8 +423,10 @@ class ToyWorld(Dataset):
         self.mode_probs = {m: probs.get(m, 0.0) / total for m in MODES}
         self.num_videos, self.seed, self.frames, self.size = int(num_videos), int(seed), int(frames), int(size)
         self.p_speed, self.p_background = float(p_speed), float(p_background)
+        self.shape_radius, self.travel_scale = float(shape_radius), float(travel_scale)
         key = (self.num_videos, self.seed, tuple(self.mode_probs.values()), self.frames, self.size, self.p_speed,
-               self.p_background, self.num_captions, self.videos_per_caption, self.good_per_caption)
+               self.p_background, self.num_captions, self.videos_per_caption, self.good_per_caption,
+               self.starts_per_caption, self.shape_radius, self.travel_scale)
         if key not in _WORLD_CACHE:
             _WORLD_CACHE[key] = self._build() if self.num_captions is None else self._build_exact()
         data = _WORLD_CACHE[key]
@@ -434,7 +450,7 @@ class ToyWorld(Dataset):
             attributes.append(attrs)
             modes.append(mode)
             seeds.append(rseed)
-            videos.append(render(attrs, mode, rseed, self.frames, self.size))
+            videos.append(self._render(attrs, mode, rseed))
         return {"videos": torch.stack(videos), "attributes": attributes, "modes": modes, "seeds": seeds}
 
     def _build_exact(self) -> dict[str, Any]:
@@ -445,14 +461,18 @@ class ToyWorld(Dataset):
         flawed = MODES[1:]
         attributes, modes, seeds, videos = [], [], [], []
         for c, attrs in enumerate(exact_attributes(self.num_captions, self.seed)):
+            bases = [int(torch.randint(0, 2**31 - 1, (), generator=g)) for _ in range(self.starts_per_caption or 0)]
             for j in range(self.videos_per_caption):
                 mode = "good" if j < self.good_per_caption else flawed[(c + j - self.good_per_caption) % len(flawed)]
-                rseed = int(torch.randint(0, 2**31 - 1, (), generator=g))
+                rseed = bases[j % len(bases)] if bases else int(torch.randint(0, 2**31 - 1, (), generator=g))
                 attributes.append(attrs)
                 modes.append(mode)
                 seeds.append(rseed)
-                videos.append(render(attrs, mode, rseed, self.frames, self.size))
+                videos.append(self._render(attrs, mode, rseed))
         return {"videos": torch.stack(videos), "attributes": attributes, "modes": modes, "seeds": seeds}
+
+    def _render(self, attrs: ToyAttributes, mode: str, seed: int) -> Tensor:
+        return render(attrs, mode, seed, self.frames, self.size, self.shape_radius, self.travel_scale)
 
     @staticmethod
     def clear_cache() -> None:
@@ -499,11 +519,23 @@ def add_world_arguments(parser: Any) -> None:
     group.add_argument("--good-per-caption", type=int, default=toy.WORLD["good_per_caption"],
                        help="good videos a caption (the good proportion is this over --videos-per-caption)")
     group.add_argument("--world-seed", type=int, default=toy.WORLD["seed"])
+    group.add_argument("--starts-per-caption", type=int, default=toy.WORLD.get("starts_per_caption"),
+                       help="distinct start positions a caption (its flawed videos corrupt the same bases); "
+                            "default: one for every video")
+    group.add_argument("--shape-radius", type=float, default=toy.WORLD.get("shape_radius", SHAPE_RADIUS),
+                       help="shape radius as a fraction of the frame")
+    group.add_argument("--travel-scale", type=float, default=toy.WORLD.get("travel_scale", 1.0),
+                       help="factor on the distance a shape travels over the clip")
 
 
 def world_from_arguments(args: Any) -> dict[str, Any]:
     """The :class:`ToyWorld` keyword arguments :func:`add_world_arguments` parsed (the recipe's size)."""
     from streamr1 import toy
 
-    return {**toy.WORLD, "num_captions": args.num_captions, "videos_per_caption": args.videos_per_caption,
-            "good_per_caption": args.good_per_caption, "seed": args.world_seed}
+    world = {**toy.WORLD, "num_captions": args.num_captions, "videos_per_caption": args.videos_per_caption,
+             "good_per_caption": args.good_per_caption, "seed": args.world_seed}
+    for key in ("starts_per_caption", "shape_radius", "travel_scale"):
+        value, default = getattr(args, key), toy.WORLD.get(key, WORLD_DEFAULTS[key])
+        if key in toy.WORLD or value != default:
+            world[key] = value
+    return world
