@@ -16,13 +16,12 @@ from streamr1.toy.world import (
     EXACT_COMBOS,
     MODES,
     ToyWorld,
-    add_world_arguments,
     exact_attributes,
     parse_caption,
     render,
     render_with_info,
-    world_from_arguments,
 )
+from streamr1.toy.world_options import add_world_arguments, world_from_arguments, world_overrides
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -134,8 +133,6 @@ def test_shape_radius_and_travel_scale_set_what_is_drawn():
 
 
 def test_world_arguments_carry_the_rendering_options_to_the_fit_overrides():
-    from streamr1.toy.quality import world_overrides
-
     parser = argparse.ArgumentParser()
     add_world_arguments(parser)
     world = world_from_arguments(parser.parse_args(["--starts-per-caption", "2", "--shape-radius", "0.2"]))

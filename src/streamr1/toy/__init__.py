@@ -3,6 +3,7 @@
 One package; the framework core never imports it. What each file is:
 
 - :mod:`streamr1.toy.world`: attributes, captions, rendering and the :class:`~streamr1.toy.world.ToyWorld` dataset;
+- :mod:`streamr1.toy.world_options`: a world's parameters as command-line options and as ``fit`` overrides;
 - :mod:`streamr1.toy.text`: the caption encoder; :mod:`streamr1.toy.teacher`: the exact mixture teacher;
 - :mod:`streamr1.toy.oracle`: per-video oracle scores from the pixels; :mod:`streamr1.toy.metrics`: the same as
   torchmetrics (good-mode fraction, coverage, the module's ``evaluator``);

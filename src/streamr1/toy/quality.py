@@ -141,29 +141,12 @@ def plot(agg: dict[str, dict[str, tuple[float, float]]], path: str) -> None:
     plt.close(fig)
 
 
-def world_overrides(world: dict[str, Any]) -> list[str]:
-    """``streamr1 fit`` arguments that put the recipe's teacher, evaluator and prompts on ``world`` (exact-layout
-    :class:`~streamr1.toy.world.ToyWorld` arguments); none for the recipe's own world. The shipped student and critic
-    were made on the recipe's world: on another one they start off its distribution."""
-    if world == toy.WORLD:
-        return []
-    if world.get("size", toy.WORLD["size"]) != toy.WORLD["size"]:
-        raise ValueError(f"The quality table runs the recipe's {toy.WORLD['size']}x{toy.WORLD['size']} student; "
-                         f"world size {world['size']} needs other assets.")
-    out = []
-    for key in sorted(set(world) - {"size"}):
-        value = "null" if world[key] is None else str(world[key])
-        for part in ("teacher", "evaluator"):
-            out += [f"--model.{part}.init_args.{key}", value]
-    return out + ["--data.init_args.num_captions", str(world["num_captions"]),
-                  "--data.init_args.world_seed", str(world["seed"])]
-
-
 def run_one(stack: str, seed: int, out: str, max_steps: int, prompts: Sequence[str], reward: Any,
             extra: Sequence[str] = (), world: dict[str, Any] | None = None) -> dict[str, float]:
     """One row entry: fit ``stack`` with ``seed`` (in-process CLI), then measure the trained student."""
     from streamr1.toy.evaluation import evaluate_videos, sample_videos
     from streamr1.toy.world import ToyWorld
+    from streamr1.toy.world_options import world_overrides
 
     world = dict(toy.WORLD if world is None else world)
     args = ["--trainer.max_steps", str(max_steps), "--trainer.limit_val_batches", "0",
@@ -192,7 +175,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--repeats", type=int, default=8, help="evaluation samples per world caption")
     parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[],
                         help="further `streamr1 fit` arguments for every run (after everything else)")
-    from streamr1.toy.world import ToyWorld, add_world_arguments, world_from_arguments
+    from streamr1.toy.world import ToyWorld
+    from streamr1.toy.world_options import add_world_arguments, world_from_arguments
 
     add_world_arguments(parser)
     args = parser.parse_args(argv)

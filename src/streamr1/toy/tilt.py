@@ -169,7 +169,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--repeats", type=int, default=8, help="rollouts per world caption a seed")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--reward", default="pkg://streamr1/assets/toy_reward.pt", help="the toy reward's file")
-    from streamr1.toy.world import add_world_arguments, world_from_arguments
+    from streamr1.toy.world_options import add_world_arguments, world_from_arguments
 
     add_world_arguments(parser)
     args = parser.parse_args(argv)
