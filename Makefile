@@ -39,8 +39,8 @@ lint: install
 notebooks: install  ## execute the notebooks (outputs stay stripped in git)
 	$(BIN)/python -m pytest -q tests/test_notebooks.py
 
-toy-assets: install  ## remake the toy world's shipped weights (student init, reward) with the project's own commands
-	$(BIN)/python -m streamr1.toy.assets --output src/streamr1/assets
+toy-assets: install  ## remake the toy world's shipped weights (student init, reward): about 50 minutes on 2 cores
+	$(BIN)/python -m streamr1.toy.assets --output src/streamr1/assets --budget long
 
 clean:
 	rm -rf runs lightning_logs .pytest_cache

@@ -1,4 +1,5 @@
-"""``python -m streamr1.toy.assets --output src/streamr1/assets`` (``make toy-assets``): the toy world's shipped files.
+"""``python -m streamr1.toy.assets --output src/streamr1/assets --budget long`` (``make toy-assets``): the toy world's
+shipped files.
 
 The toy recipe (``configs/quickstart.yaml``) has the real recipe's stages (Stream-R1 and Self-Forcing start from
 Wan2.1-T2V-1.3B; issue 13), each made here by the project's own code on a CPU and written with the command that
@@ -98,8 +99,8 @@ BUDGETS: dict[str, Budget] = {
                    student_iterations=2, student_batch=4, reward_iterations=2, reward_batch=4, reward_pool=16,
                    reward_rollouts=8, spearman_renders=16, calibration_repeats=1),
 }
-"""``default``: the shipped files (about 12 single-thread CPU-minutes; made on one shared core, see
-``toy_assets.json``); ``long``: about 10x the training steps (about an hour on 2 free cores), for a better student;
+"""``long``: the shipped files (``make toy-assets``; 48 minutes on 2 quiet cores, see ``toy_assets.json``);
+``default``: about a tenth of its training steps (a quick, much weaker student: every sample a washed-out average);
 ``tiny``: seconds, for tests."""
 
 

@@ -46,7 +46,8 @@ def check_assets() -> None:
                if not os.path.isfile(resolve(f"pkg://streamr1/assets/{f}"))]
     if missing:
         raise FileNotFoundError(f"The toy world's shipped files {missing} are missing from streamr1/assets: make them "
-                                "with `make toy-assets` (python -m streamr1.toy.assets --output src/streamr1/assets).")
+                                "with `make toy-assets` (python -m streamr1.toy.assets --output src/streamr1/assets "
+                                "--budget long).")
 
 
 def reward_fragment(stack: str | None) -> str | None:
