@@ -2,6 +2,9 @@
 candidate world, its 4-step samples scored by the oracle every --eval-every steps (JSON lines). Scratch-quality.
 Example: `.venv/bin/python results/probes/flow_student.py --captions 16 --vpc 4 --good 2 --starts 1 --radius 0.22
 --shift 1 --lr 3e-3 --level-fraction 0.75 --minutes 12 --out x2.json`."""
+import os, sys
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import probe_eval  # noqa: E402
 import json, sys, time, torch, argparse
 from streamr1 import toy
 from streamr1.toy import assets
@@ -37,18 +40,7 @@ g = torch.Generator().manual_seed(0)
 opt = torch.optim.AdamW(st.parameters(), lr=a.lr, betas=(0.9, 0.99), weight_decay=0.0)
 prompts = [p for p in world.train_prompts() for _ in range(max(1, 32 // a.captions))]
 def evaluate():
-    v = sample_student(st, enc, prompts, toy.LATENT_SHAPE, levels, seed=5)
-    st.train()
-    d = []
-    for i, p in enumerate(prompts):
-        idx = [j for j, c in enumerate(world.captions) if c == p]
-        d.append(torch.stack([(v[i] - world.videos[j]).pow(2).mean().sqrt() for j in idx]).min())
-    d = torch.stack(d)
-    s = oracle_scores(v, prompts); vq = visual_quality(v)
-    modes = classify_mode(s)
-    return {"good": good_mode(s).float().mean().item(), "near_med": d.median().item(), "near_q10": d.quantile(0.1).item(),
-            "fid": vq["fidelity"].median().item(), "opa": vq["opacity"].median().item(), "sharp": vq["sharpness"].median().item(),
-            "noise": vq["noise"].median().item(), "modes": {m: modes.count(m) for m in set(modes)}}
+    return probe_eval.evaluate(st, enc, world, prompts, levels)
 st.train(); t0 = time.process_time(); w0 = time.time(); it = 0; log = []
 while True:
     warm = min(1.0, (it + 1) / 50)

@@ -1,6 +1,9 @@
 """Probe (results/world_curves.md): the causal toy Wan regressed on fresh targets from the exact teacher every few
 steps: its guided predictions along the student's own few-step sampler (--target sampler) or its causal guided ODE end
 points (--target ode); 4-step samples scored by the oracle. Scratch-quality."""
+import os, sys
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import probe_eval  # noqa: E402
 import json, time, torch, argparse
 from streamr1 import toy
 from streamr1.toy.world import ToyWorld
@@ -36,18 +39,7 @@ opt = torch.optim.AdamW(st.parameters(), lr=a.lr, betas=(0.9, 0.99), weight_deca
 prompts_all = world.train_prompts()
 prompts = [p for p in prompts_all for _ in range(max(1, 32 // a.captions))]
 def evaluate():
-    v = sample_student(st, enc, prompts, toy.LATENT_SHAPE, levels, seed=5)
-    st.train()
-    d = []
-    for i, p in enumerate(prompts):
-        idx = [j for j, c in enumerate(world.captions) if c == p]
-        d.append(torch.stack([(v[i] - world.videos[j]).pow(2).mean().sqrt() for j in idx]).min())
-    d = torch.stack(d)
-    s = oracle_scores(v, prompts); vq = visual_quality(v)
-    modes = classify_mode(s)
-    return {"good": good_mode(s).float().mean().item(), "near_med": d.median().item(), "near_q10": d.quantile(0.1).item(),
-            "fid": vq["fidelity"].median().item(), "opa": vq["opacity"].median().item(), "sharp": vq["sharpness"].median().item(),
-            "noise": vq["noise"].median().item(), "modes": {m: modes.count(m) for m in set(modes)}}
+    return probe_eval.evaluate(st, enc, world, prompts, levels)
 r = evaluate(); r.update(it=0); print(json.dumps(r), flush=True)
 st.train(); t0 = time.process_time(); w0 = time.time(); it = 0; log = []; pairs = None; seed = 1
 while True:
