@@ -110,6 +110,8 @@ def test_starts_per_caption_shares_bases_between_a_captions_videos():
     assert len(set(free.seeds)) == 24
     with pytest.raises(ValueError, match="starts_per_caption"):
         ToyWorld(num_captions=4, videos_per_caption=6, good_per_caption=2, size=16, starts_per_caption=7)
+    with pytest.raises(ValueError, match="exact layout only"):
+        ToyWorld(num_videos=8, size=16, starts_per_caption=2)
 
 
 def test_shape_radius_and_travel_scale_set_what_is_drawn():

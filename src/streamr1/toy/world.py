@@ -376,6 +376,9 @@ class ToyWorld(Dataset):
         p_speed, p_background: probability that a random-layout caption mentions a speed / a background.
         num_captions: exact layout: the number of distinct exact captions (1..192).
         videos_per_caption, good_per_caption: exact layout: videos a caption, and how many of them are good.
+        starts_per_caption: exact layout: distinct render seeds (start positions) a caption; video ``j`` uses seed
+            ``j mod k``, so the flawed videos corrupt the good ones' paths (``None``: a seed for every video).
+        shape_radius, travel_scale: shape radius as a fraction of the frame, factor on the distance travelled.
 
     Attributes:
         videos: ``[N, T, 3, H, W]`` float32 in ``[-1, 1]``.
@@ -394,6 +397,9 @@ class ToyWorld(Dataset):
                  travel_scale: float = 1.0) -> None:
         self.num_captions = None if num_captions is None else int(num_captions)
         self.starts_per_caption = None if starts_per_caption is None else int(starts_per_caption)
+        if self.starts_per_caption is not None and num_captions is None:
+            raise ValueError("starts_per_caption applies to the exact layout only: set num_captions too (or leave "
+                             "starts_per_caption null).")
         if self.starts_per_caption is not None and not 1 <= self.starts_per_caption <= int(videos_per_caption):
             raise ValueError(f"starts_per_caption must be in 1..videos_per_caption={videos_per_caption} (or null: a "
                              f"start for every video), got {starts_per_caption}.")
