@@ -205,3 +205,19 @@ def test_tiny_budget_makes_every_shipped_file(tmp_path):
     assert rho["spearman_reward_vs_oracle"] == manifest["reward"]["spearman"]
     assert all(-1.0 <= float(v) <= 1.0 for v in rho["spearman_reward_vs_oracle"].values())
     assert set(rho["spearman_reward_vs_oracle"]) == {"VQ", "MQ", "TA"} == set(rho["spearman_student_rollouts"])
+
+
+def test_manifest_command_names_the_budget_overrides(capsys):
+    from dataclasses import replace
+
+    from streamr1.toy import assets
+
+    long = assets.BUDGETS["long"]
+    assert assets._override_flags(long, "long") == ""
+    changed = replace(long, student_iterations=2400, ode_per_prompt=96)
+    assert assets._override_flags(changed, "long") == " --student-iterations 2400 --ode-per-prompt 96"
+    with pytest.raises(SystemExit):
+        assets.main(["--help"])
+    help_text = capsys.readouterr().out
+    for name in assets.OVERRIDES:  # every flag the manifest may name is one the command takes
+        assert "--" + name.replace("_", "-") in help_text

@@ -53,6 +53,9 @@ ORACLE_STATS_FILE = "toy_oracle_stats.json"
 SPEARMAN_FILE = "toy_reward_spearman.json"
 MANIFEST_FILE = "toy_assets.json"
 STAGES: tuple[str, ...] = ("pretrained", "student", "reward")
+OVERRIDES: tuple[str, ...] = ("pretrain_iterations", "causal_iterations", "student_iterations", "reward_iterations",
+                              "ode_per_prompt")
+"""Budget fields the command line can override (``--pretrain-iterations`` ...); the manifest's command names them."""
 
 
 @dataclass
@@ -99,7 +102,7 @@ BUDGETS: dict[str, Budget] = {
                    student_iterations=2, student_batch=4, reward_iterations=2, reward_batch=4, reward_pool=16,
                    reward_rollouts=8, spearman_renders=16, calibration_repeats=1),
 }
-"""``long``: the shipped files (``make toy-assets``; 48 minutes on 2 quiet cores, see ``toy_assets.json``);
+"""``long``: the shipped files (``make toy-assets``; 42-48 minutes on 2 quiet cores, see ``toy_assets.json``);
 ``default``: about a tenth of its training steps (a quick, much weaker student: every sample a washed-out average);
 ``tiny``: seconds, for tests."""
 
@@ -311,6 +314,13 @@ def calibrate_reward(reward: Any, student: Any, budget: Budget,
     return stats, oracle_stats, numbers
 
 
+def _override_flags(budget: Budget, budget_name: str) -> str:
+    """`` --name value`` for every :data:`OVERRIDES` field where ``budget`` differs from its preset."""
+    preset = BUDGETS.get(budget_name)
+    return "".join(f" --{name.replace('_', '-')} {getattr(budget, name)}" for name in OVERRIDES
+                   if preset is not None and getattr(budget, name) != getattr(preset, name))
+
+
 def make_assets(output: str, budget: Budget, seed: int = 0, stages: Sequence[str] = STAGES,
                 budget_name: str = "default") -> dict:
     """Run the stages and write every file into ``output``; returns the manifest (also ``toy_assets.json``).
@@ -330,7 +340,8 @@ def make_assets(output: str, budget: Budget, seed: int = 0, stages: Sequence[str
     manifest.pop("student_seconds", None)
     manifest.update({"command": "python -m streamr1.toy.assets --output src/streamr1/assets"
                      + ("" if tuple(stages) == STAGES else " --stages " + " ".join(stages))
-                     + ("" if budget_name == "default" else f" --budget {budget_name}"),
+                     + ("" if budget_name == "default" else f" --budget {budget_name}")
+                     + _override_flags(budget, budget_name),
                      "seed": seed, "budget": asdict(budget), "world": dict(toy.WORLD),
                      "torch": torch.__version__, "threads": torch.get_num_threads()})
     start = time.perf_counter()
@@ -378,9 +389,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--causal-iterations", type=int, help="override the budget's teacher-forcing steps")
     parser.add_argument("--student-iterations", type=int, help="override the budget's ODE-regression steps")
     parser.add_argument("--reward-iterations", type=int, help="override the budget's reward training steps")
+    parser.add_argument("--ode-per-prompt", type=int, help="override the budget's teacher ODE trajectories a caption")
     args = parser.parse_args(argv)
     budget = replace(BUDGETS[args.budget])  # a copy: the overrides must not change the module's presets
-    for name in ("pretrain_iterations", "causal_iterations", "student_iterations", "reward_iterations"):
+    for name in OVERRIDES:
         if getattr(args, name) is not None:
             setattr(budget, name, getattr(args, name))
     manifest = make_assets(args.output, budget, args.seed, args.stages, args.budget)
