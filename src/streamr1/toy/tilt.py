@@ -8,9 +8,10 @@ reweighted student is pushed. This measures that share directly, separately from
 
 1. Rollouts: the exact teacher (:class:`~streamr1.toy.teacher.MixtureTeacher`, ``g_s = 3``) run through the student's
    causal few-step sampler (:func:`~streamr1.toy.ode.causal_teacher_sampler`: 4 chunks, the recipe's levels
-   ``[1000, 750, 500, 250]`` warped by :data:`~streamr1.toy.SHIFT`), ``repeats`` samples per world caption, one set per seed. About the world's good
-   proportion land in good modes, the rest in the visual, motion and text flaws. The world is the recipe's by default;
-   ``--num-captions``, ``--videos-per-caption``, ``--good-per-caption`` and ``--world-seed`` choose another.
+   ``[1000, 750, 500, 250]`` warped by :data:`~streamr1.toy.SHIFT`), ``repeats`` samples per world caption, one
+   set per seed. About the world's good proportion land in good modes, the rest in the visual, motion and text
+   flaws. The world is the recipe's by default; ``--num-captions``, ``--videos-per-caption``,
+   ``--good-per-caption`` and ``--world-seed`` choose another.
 2. Each rollout's quality mode comes from the oracle (:func:`~streamr1.toy.oracle.classify_mode`), never from a reward.
 3. Each row's reward scores the rollouts; scores are z-normalised per axis over the seed's rollouts (what
    ``streamr1 calibrate`` computes on them, SPEC.md §4.1); ``r_final`` and ``W_inter`` are the callbacks' own
