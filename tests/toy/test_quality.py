@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 
 import pytest
 
@@ -49,3 +50,7 @@ def test_quality_table_and_demo_run_end_to_end(tmp_path, monkeypatch):
     report = demo.main(["--output", str(tmp_path / "demo"), "--max-steps", "2", "--repeats", "1"])
     assert report["student_steps"] == 1 and len(report["mp4s"]) == 48
     assert (tmp_path / "demo" / "report.md").read_text().startswith("# Stream-R1 on the toy world")
+    # A second demo into the same folder predicts from its own checkpoint, not the first run's last.ckpt.
+    started = time.time()
+    again = demo.main(["--output", str(tmp_path / "demo"), "--max-steps", "2", "--repeats", "1"])
+    assert again["checkpoint"] != report["checkpoint"] and os.path.getmtime(again["checkpoint"]) >= started - 1

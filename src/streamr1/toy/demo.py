@@ -137,7 +137,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         with ema.swapped(module.student):
             after_ema = measure(module.student, prompts, 1234, reward)
 
-    ckpt = os.path.join(out, "checkpoints", "last.ckpt")
+    # This run's last checkpoint: when an earlier demo left a last.ckpt in the folder, Lightning writes last-v1.ckpt
+    # and keeps the old one, so the path is read from the callback rather than assumed.
+    ckpt = cli.trainer.checkpoint_callback.last_model_path
+    if not ckpt or not os.path.isfile(ckpt):
+        raise RuntimeError(f"The fit wrote no last checkpoint under {os.path.join(out, 'checkpoints')}; "
+                           "cannot run predict on it.")
     videos = os.path.join(out, "videos")
     print(f"[demo] streamr1 predict --ckpt_path {ckpt} -> {videos}")
     from streamr1.cli import main as cli_main
@@ -148,6 +153,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     info = {"command": command, "fit_seconds": fit_seconds, "student_steps": int(module.student_steps),
             "critic_steps": int(module.critic_steps), "samples": len(prompts), "repeats": args.repeats,
+            "checkpoint": ckpt,
             "tensorboard": os.path.join(args.output, "tensorboard"), "videos": os.path.join(args.output, "videos")}
     report = report_markdown(before, after, after_ema, info)
     with open(os.path.join(out, "report.md"), "w", encoding="utf-8") as fh:
