@@ -221,3 +221,15 @@ def test_manifest_command_names_the_budget_overrides(capsys):
     help_text = capsys.readouterr().out
     for name in assets.OVERRIDES:  # every flag the manifest may name is one the command takes
         assert "--" + name.replace("_", "-") in help_text
+
+
+def test_asset_command_refuses_a_device_this_machine_lacks(tmp_path, capsys):
+    from streamr1.toy import assets
+
+    missing = "cuda:99"  # no machine has a hundredth GPU
+    with pytest.raises(SystemExit):
+        assets.main(["--output", str(tmp_path), "--budget", "tiny", "--device", missing])
+    err = capsys.readouterr().err
+    assert f"--device {missing} is not usable here" in err and "--device cpu" in err
+    assert not list(tmp_path.iterdir())  # refused before any stage wrote anything
+

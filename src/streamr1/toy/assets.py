@@ -26,7 +26,9 @@ remakes it (``toy_assets.json``):
    (:mod:`streamr1.toy.init_check`).
 
 Budgets are arguments (``--budget tiny`` runs every stage in seconds, for tests). Files are float16 where they hold
-weights. Progress bars (tqdm) on every long step.
+weights. Progress bars (tqdm) on every long step. ``--device cuda`` trains stages 1 and 2 on a GPU (every random draw
+still comes from seeded CPU generators; the teacher's ODE, the reward and the statistics stay on the CPU), for budgets
+beyond the CPU hour (``--pretrain-iterations``, ``--causal-iterations``, ``--student-iterations``).
 """
 
 from __future__ import annotations
@@ -174,20 +176,22 @@ def _levels() -> list[float]:
     return warped_steps(toy.DENOISING_STEPS, toy.SHIFT)
 
 
-def make_pretrained(budget: Budget, seed: int = 0) -> tuple[Any, dict[str, Any]]:
-    """Stage 1: the bidirectional flow-matching "pretrained video model" on the world's videos."""
+def make_pretrained(budget: Budget, seed: int = 0, device: str = "cpu") -> tuple[Any, dict[str, Any]]:
+    """Stage 1: the bidirectional flow-matching "pretrained video model" on the world's videos, trained on
+    ``device`` and returned on the CPU."""
     from streamr1.toy.pretrain import pretrain_denoiser
     from streamr1.toy.text import ToyTextEncoder
 
     world = build_world()
     cond = ToyTextEncoder(dim=toy.TEXT_DIM).encode(world.captions).float()
     torch.manual_seed(seed)
-    model = build_pretrained()
+    model = build_pretrained().to(device)
     start = time.perf_counter()
     with _bar(budget.pretrain_iterations, "pretraining (bidirectional flow matching)") as progress:
         losses = pretrain_denoiser(model, world.videos, cond, _levels(), budget.pretrain_iterations,
                                    batch_size=budget.pretrain_batch, lr=budget.pretrain_lr,
                                    chunk_frames=toy.CHUNK_FRAMES, seed=seed, progress=progress)
+    model.cpu()
     tail = losses[-min(50, len(losses)):]
     return model, {"iterations": budget.pretrain_iterations, "batch_size": budget.pretrain_batch,
                    "lr": budget.pretrain_lr, "caption_dropout": 0.1, "per_chunk_fraction": 0.5,
@@ -195,16 +199,18 @@ def make_pretrained(budget: Budget, seed: int = 0) -> tuple[Any, dict[str, Any]]
                    "videos": len(world), "parameters": sum(p.numel() for p in model.parameters())}
 
 
-def make_student(budget: Budget, pretrained_path: str | None, seed: int = 0) -> tuple[Any, dict[str, Any]]:
+def make_student(budget: Budget, pretrained_path: str | None, seed: int = 0,
+                 device: str = "cpu") -> tuple[Any, dict[str, Any]]:
     """Stage 2: the causal student from the pretrained weights, teacher-forcing flow matching, then ODE regression
-    on the exact teacher's causal guided ODE. Returns the student and a summary."""
+    on the exact teacher's causal guided ODE (the student trains on ``device``; the teacher's ODE runs on the CPU).
+    Returns the student, on the CPU, and a summary."""
     from streamr1.toy.ode import make_ode_pairs, train_ode_student
     from streamr1.toy.pretrain import train_causal_flow
 
     teacher = build_teacher()
     world = teacher.world
     torch.manual_seed(seed)
-    student = build_student(pretrained_path)
+    student = build_student(pretrained_path).to(device)
     summary: dict[str, Any] = {"init": "pretrained" if pretrained_path else "random", "chunk_frames": toy.CHUNK_FRAMES,
                                "config": dict(toy.STUDENT_CONFIG),
                                "parameters": sum(p.numel() for p in student.parameters())}
@@ -238,7 +244,7 @@ def make_student(budget: Budget, pretrained_path: str | None, seed: int = 0) -> 
             "trajectories": len(pairs), "ode_euler_steps": budget.ode_steps, "ode_seconds": round(ode_seconds, 1),
             "iterations": budget.student_iterations, "batch_size": budget.student_batch, "lr": budget.student_lr,
             "final_loss": sum(tail) / len(tail), "train_seconds": round(time.perf_counter() - start, 1)}
-    student.eval()
+    student.cpu().eval()
     return student, summary
 
 
@@ -322,10 +328,11 @@ def _override_flags(budget: Budget, budget_name: str) -> str:
 
 
 def make_assets(output: str, budget: Budget, seed: int = 0, stages: Sequence[str] = STAGES,
-                budget_name: str = "default") -> dict:
+                budget_name: str = "default", device: str = "cpu") -> dict:
     """Run the stages and write every file into ``output``; returns the manifest (also ``toy_assets.json``).
 
-    Stages not listed are read from ``output`` (a later stage uses an earlier one's file)."""
+    Stages not listed are read from ``output`` (a later stage uses an earlier one's file). ``device``: where stages 1
+    and 2 train (a GPU's numerics differ from the CPU's, so the manifest's command names it)."""
     from streamr1.toy.reward import save_compact, toy_reward
 
     unknown = set(stages) - set(STAGES)
@@ -341,18 +348,18 @@ def make_assets(output: str, budget: Budget, seed: int = 0, stages: Sequence[str
     manifest.update({"command": "python -m streamr1.toy.assets --output src/streamr1/assets"
                      + ("" if tuple(stages) == STAGES else " --stages " + " ".join(stages))
                      + ("" if budget_name == "default" else f" --budget {budget_name}")
-                     + _override_flags(budget, budget_name),
+                     + _override_flags(budget, budget_name) + ("" if device == "cpu" else f" --device {device}"),
                      "seed": seed, "budget": asdict(budget), "world": dict(toy.WORLD),
-                     "torch": torch.__version__, "threads": torch.get_num_threads()})
+                     "torch": torch.__version__, "threads": torch.get_num_threads(), "device": device})
     start = time.perf_counter()
     paths = {name: os.path.join(output, f) for name, f in
              (("pretrained", PRETRAINED_FILE), ("student", STUDENT_FILE), ("reward", REWARD_FILE))}
     if "pretrained" in stages:
-        model, manifest["pretrained"] = make_pretrained(budget, seed)
+        model, manifest["pretrained"] = make_pretrained(budget, seed, device)
         save_transformer(model, paths["pretrained"], "streamr1.toy.pretrained")
     if "student" in stages:
         init = paths["pretrained"] if os.path.isfile(paths["pretrained"]) else None
-        student, manifest["student"] = make_student(budget, init, seed)
+        student, manifest["student"] = make_student(budget, init, seed, device)
         save_student(student, paths["student"])
     else:
         student = build_student(paths["student"])
@@ -385,17 +392,25 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--stages", nargs="+", choices=list(STAGES), default=list(STAGES),
                         help="stages to (re)make; the others are read from --output (statistics are always redone)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu", help="where the pretraining and the student's stages train (cuda, "
+                        "cuda:1, ...); everything else runs on the CPU")
     parser.add_argument("--pretrain-iterations", type=int, help="override the budget's pretraining steps")
     parser.add_argument("--causal-iterations", type=int, help="override the budget's teacher-forcing steps")
     parser.add_argument("--student-iterations", type=int, help="override the budget's ODE-regression steps")
     parser.add_argument("--reward-iterations", type=int, help="override the budget's reward training steps")
     parser.add_argument("--ode-per-prompt", type=int, help="override the budget's teacher ODE trajectories a caption")
     args = parser.parse_args(argv)
+    if args.device != "cpu":
+        try:
+            torch.empty(0, device=args.device)
+        except (RuntimeError, AssertionError) as err:
+            parser.error(f"--device {args.device} is not usable here ({err}); use --device cpu or a device this "
+                         "machine has.")
     budget = replace(BUDGETS[args.budget])  # a copy: the overrides must not change the module's presets
     for name in OVERRIDES:
         if getattr(args, name) is not None:
             setattr(budget, name, getattr(args, name))
-    manifest = make_assets(args.output, budget, args.seed, args.stages, args.budget)
+    manifest = make_assets(args.output, budget, args.seed, args.stages, args.budget, args.device)
     if "reward" in args.stages:
         for key in ("spearman", "spearman_student_rollouts"):
             rho = manifest["reward"][key]

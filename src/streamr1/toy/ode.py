@@ -295,9 +295,9 @@ def ode_regression_loss(student: nn.Module, xs: Tensor, x0: Tensor, cond: Tensor
     b, s, f = xs.shape[:3]
     c = int(student.chunk_frames)
     num_chunks = math.ceil(f / c)
-    level = torch.randint(0, s, (b,), generator=generator)
-    steps_t = torch.tensor([float(v) for v in steps], dtype=torch.float32)
-    chunk_of = torch.arange(b) % num_chunks
+    level = torch.randint(0, s, (b,), generator=generator).to(xs.device)
+    steps_t = torch.tensor([float(v) for v in steps], dtype=torch.float32, device=xs.device)
+    chunk_of = torch.arange(b, device=xs.device) % num_chunks
     total = xs.new_zeros(())
     for k in range(num_chunks):
         idx = torch.nonzero(chunk_of == k).squeeze(1)
@@ -307,7 +307,7 @@ def ode_regression_loss(student: nn.Module, xs: Tensor, x0: Tensor, cond: Tensor
         noisy = xs[idx, level[idx], lo:hi]  # [b_k, c, C, H, W]
         inp = torch.cat([x0[idx, :lo], noisy], dim=1)
         t = torch.zeros(idx.numel(), hi, device=xs.device)
-        t[:, lo:hi] = steps_t[level[idx]].to(xs.device).unsqueeze(1)
+        t[:, lo:hi] = steps_t[level[idx]].unsqueeze(1)
         pred = student(inp, t, cond[idx])[:, lo:hi]
         goal = x0[idx, lo:hi] if targets is None else targets[idx, level[idx], lo:hi]
         total = total + (pred - goal).pow(2).mean() * idx.numel()
@@ -345,11 +345,13 @@ def train_ode_student(student: nn.Module, pairs: ODEPairs, text_encoder: nn.Modu
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
     student.train()
+    dev = next(student.parameters()).device  # the pairs stay on the CPU; each batch moves to the student's device
     losses: list[float] = []
     for _ in range(iterations):
         idx = torch.randint(0, len(pairs), (batch_size,), generator=g)
-        targets = None if pairs.targets is None else pairs.targets[idx]
-        loss = ode_regression_loss(student, pairs.xs[idx], pairs.x0[idx], cond_all[idx], pairs.steps, g, targets)
+        targets = None if pairs.targets is None else pairs.targets[idx].to(dev)
+        loss = ode_regression_loss(student, pairs.xs[idx].to(dev), pairs.x0[idx].to(dev), cond_all[idx].to(dev),
+                                   pairs.steps, g, targets)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)

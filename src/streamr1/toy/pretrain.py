@@ -60,7 +60,7 @@ def _schedule(opt: torch.optim.Optimizer, iterations: int, warmup: int) -> torch
 
 
 def _drop_captions(cond: Tensor, p: float, generator: torch.Generator) -> Tensor:
-    keep = (torch.rand(cond.shape[0], generator=generator) >= p).to(cond.dtype)
+    keep = (torch.rand(cond.shape[0], generator=generator) >= p).to(cond.device, cond.dtype)
     return cond * keep.view(-1, *([1] * (cond.ndim - 1)))
 
 
@@ -72,10 +72,13 @@ def bidirectional_flow_loss(model: nn.Module, x0: Tensor, cond: Tensor, levels: 
     Samples without per-chunk levels: every frame at one level ``t``, loss on every frame. With per-chunk levels
     (probability ``per_chunk_fraction``): chunk ``k`` (uniform) at ``t``, earlier chunks clean at ``t = 0``, later ones
     pure noise at ``t = 1000``; the loss is on chunk ``k`` only (the others are given, or carry no information).
+    Every draw comes from ``generator`` on the CPU, so a run on a GPU (``x0`` on the model's device) sees the same
+    noise, levels and chunks as on the CPU.
     """
     b, f = x0.shape[:2]
+    dev = x0.device
     t = draw_levels(b, levels, generator, level_fraction)
-    eps = torch.randn(x0.shape, generator=generator)
+    eps = torch.randn(x0.shape, generator=generator).to(dev)
     num_chunks = math.ceil(f / chunk_frames)
     per_chunk = torch.rand(b, generator=generator) < per_chunk_fraction
     k = torch.randint(0, num_chunks, (b,), generator=generator)
@@ -85,10 +88,11 @@ def bidirectional_flow_loss(model: nn.Module, x0: Tensor, cond: Tensor, levels: 
     t_frames = t.unsqueeze(1).expand(b, f).clone()
     t_frames = torch.where(per_chunk.unsqueeze(1) & before, torch.zeros_like(t_frames), t_frames)
     t_frames = torch.where(per_chunk.unsqueeze(1) & ~before & ~current, torch.full_like(t_frames, 1000.0), t_frames)
+    t_frames = t_frames.to(dev)
     s = (t_frames / 1000.0).view(b, f, 1, 1, 1)
     x_t = (1 - s) * x0 + s * eps
     flow = model.flow(x_t, t_frames, cond)
-    weight = torch.where(per_chunk.unsqueeze(1), current, torch.ones_like(current)).to(x0.dtype)  # [B, F]
+    weight = torch.where(per_chunk.unsqueeze(1), current, torch.ones_like(current)).to(dev, x0.dtype)  # [B, F]
     err = (flow - (eps - x0)).pow(2).mean(dim=(2, 3, 4))  # [B, F]
     return (err * weight).sum() / weight.sum()
 
@@ -99,9 +103,11 @@ def causal_flow_loss(student: nn.Module, x0: Tensor, cond: Tensor, levels: Seque
 
     Sample ``i`` trains chunk ``i mod K``: input ``[x0[chunks < k] at t = 0, noised chunk k at t]`` (later frames are
     not fed: block-causal attention makes them irrelevant), loss ``mean((v_hat - (eps - x0))^2)`` on chunk ``k``;
-    groups are weighted by their size (the mean over samples).
+    groups are weighted by their size (the mean over samples). Draws come from ``generator`` on the CPU (as in
+    :func:`bidirectional_flow_loss`).
     """
     b, f = x0.shape[:2]
+    dev = x0.device
     c = int(student.chunk_frames)
     num_chunks = math.ceil(f / c)
     t = draw_levels(b, levels, generator, level_fraction)
@@ -112,13 +118,13 @@ def causal_flow_loss(student: nn.Module, x0: Tensor, cond: Tensor, levels: Seque
         if sel.numel() == 0:
             continue
         lo, hi = k * c, min(f, (k + 1) * c)
-        eps = torch.randn(sel.numel(), hi - lo, *x0.shape[2:], generator=generator)
-        s = (t[sel] / 1000.0).view(-1, 1, 1, 1, 1)
+        eps = torch.randn(sel.numel(), hi - lo, *x0.shape[2:], generator=generator).to(dev)
+        s = (t[sel] / 1000.0).to(dev).view(-1, 1, 1, 1, 1)
         x_t = (1 - s) * x0[sel, lo:hi] + s * eps
         inp = torch.cat([x0[sel, :lo], x_t], dim=1)
         tt = torch.zeros(sel.numel(), hi)
         tt[:, lo:hi] = t[sel].unsqueeze(1)
-        flow = student.causal(inp, tt, cond[sel])[:, lo:hi]
+        flow = student.causal(inp, tt.to(dev), cond[sel])[:, lo:hi]
         total = total + (flow - (eps - x0[sel, lo:hi])).pow(2).mean() * sel.numel()
     return total / b
 
@@ -132,10 +138,11 @@ def _fit(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], videos: 
                             weight_decay=0.0)
     sched = _schedule(opt, iterations, warmup)
     model.train()
+    dev = next(model.parameters()).device  # the data stay on the CPU; each batch moves to the model's device
     losses: list[float] = []
     for _ in range(iterations):
         idx = torch.randint(0, videos.shape[0], (batch_size,), generator=generator)
-        loss = loss_fn(videos[idx], _drop_captions(cond[idx], caption_dropout, generator))
+        loss = loss_fn(videos[idx].to(dev), _drop_captions(cond[idx].to(dev), caption_dropout, generator))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
