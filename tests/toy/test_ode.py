@@ -174,13 +174,14 @@ def test_regression_loss_with_per_level_targets_scores_each_sample_at_its_level(
 
 @pytest.mark.slow  # every stage of the asset build at the tiny budget: about 5 minutes on 2 cores
 def test_tiny_budget_makes_every_shipped_file(tmp_path):
+    from streamr1 import toy
     from streamr1.rewards.normalization import read_stats
     from streamr1.rewards.openclip import OpenCLIPVideoReward
     from streamr1.toy import assets
 
     old = os.umask(0o022)
     try:
-        manifest = assets.main(["--budget", "tiny", "--output", str(tmp_path)])
+        manifest = assets.main(["--budget", "tiny", "--output", str(tmp_path), "--num-captions", "2"])
     finally:
         os.umask(old)
     assert assets.BUDGETS["tiny"].student_iterations == 2  # presets unchanged by a run
@@ -193,7 +194,9 @@ def test_tiny_budget_makes_every_shipped_file(tmp_path):
     assert sum(p.numel() for p in student.parameters()) == manifest["student"]["parameters"]
     critic = assets.build_pretrained(str(tmp_path / assets.PRETRAINED_FILE))  # the critic's start loads too
     assert sum(p.numel() for p in critic.parameters()) == manifest["pretrained"]["parameters"]
-    assert manifest["command"] == "python -m streamr1.toy.assets --output src/streamr1/assets --budget tiny"
+    assert manifest["command"] == f"python -m streamr1.toy.assets --output {tmp_path} --budget tiny --num-captions 2"
+    assert manifest["world"] == {**toy.WORLD, "num_captions": 2}
+    assert manifest["initial_student"]["samples"] == 2 * assets.BUDGETS["tiny"].calibration_repeats  # the 2 captions
     assert set(manifest["student"]) >= {"causal_flow", "ode_regression"}
     assert 0.0 <= manifest["initial_student"]["oracle"]["good_fraction"] <= 1.0
     reward = OpenCLIPVideoReward(state_path=str(tmp_path / assets.REWARD_FILE))
@@ -233,3 +236,31 @@ def test_asset_command_refuses_a_device_this_machine_lacks(tmp_path, capsys):
     assert f"--device {missing} is not usable here" in err and "--device cpu" in err
     assert not list(tmp_path.iterdir())  # refused before any stage wrote anything
 
+
+
+def test_world_flags_name_the_world_they_make():
+    import argparse
+
+    from streamr1 import toy
+    from streamr1.toy.world_options import add_world_arguments, world_flags, world_from_arguments
+
+    assert world_flags(dict(toy.WORLD)) == ""
+    other = {**toy.WORLD, "num_captions": 4, "shape_radius": 0.22, "starts_per_caption": 2}
+    flags = world_flags(other)
+    assert flags == " --num-captions 4 --starts-per-caption 2 --shape-radius 0.22"
+    parser = argparse.ArgumentParser()
+    add_world_arguments(parser)
+    assert world_from_arguments(parser.parse_args(flags.split())) == other  # the flags remake the world
+    with pytest.raises(ValueError, match="size"):
+        world_flags({**toy.WORLD, "size": 32})
+
+
+def test_partial_asset_build_refuses_files_made_on_another_world(tmp_path):
+    from streamr1 import toy
+    from streamr1.toy import assets
+
+    made_on = {**toy.WORLD, "num_captions": 4}
+    (tmp_path / assets.MANIFEST_FILE).write_text(json.dumps({"world": made_on}))
+    with pytest.raises(ValueError, match="remake every stage"):
+        assets.make_assets(str(tmp_path), assets.BUDGETS["tiny"], stages=["reward"], budget_name="tiny")
+    assert json.loads((tmp_path / assets.MANIFEST_FILE).read_text()) == {"world": made_on}  # left as it was

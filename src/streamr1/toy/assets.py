@@ -56,7 +56,7 @@ SPEARMAN_FILE = "toy_reward_spearman.json"
 MANIFEST_FILE = "toy_assets.json"
 STAGES: tuple[str, ...] = ("pretrained", "student", "reward")
 OVERRIDES: tuple[str, ...] = ("pretrain_iterations", "causal_iterations", "student_iterations", "reward_iterations",
-                              "ode_per_prompt")
+                              "ode_per_prompt", "calibration_repeats")
 """Budget fields the command line can override (``--pretrain-iterations`` ...); the manifest's command names them."""
 
 
@@ -141,19 +141,20 @@ def _write_json(path: str, payload: dict[str, Any]) -> None:
     _atomic_write(path, write)
 
 
-def build_world() -> Any:
-    """The recipe's world (:data:`~streamr1.toy.WORLD`)."""
+def build_world(world: dict[str, Any] | None = None) -> Any:
+    """The :class:`~streamr1.toy.world.ToyWorld` of ``world`` (keyword arguments; the recipe's,
+    :data:`~streamr1.toy.WORLD`, by default)."""
     from streamr1.toy.world import ToyWorld
 
-    return ToyWorld(**toy.WORLD)
+    return ToyWorld(**(toy.WORLD if world is None else world))
 
 
-def build_teacher() -> Any:
-    """The recipe's exact teacher (:data:`~streamr1.toy.WORLD`) with its text encoder."""
+def build_teacher(world: dict[str, Any] | None = None) -> Any:
+    """The exact teacher of ``world`` (the recipe's by default) with its text encoder."""
     from streamr1.toy.teacher import MixtureTeacher
     from streamr1.toy.text import ToyTextEncoder
 
-    return MixtureTeacher(world=build_world(), text_encoder=ToyTextEncoder(dim=toy.TEXT_DIM))
+    return MixtureTeacher(world=build_world(world), text_encoder=ToyTextEncoder(dim=toy.TEXT_DIM))
 
 
 def build_student(path: str | None = None) -> Any:
@@ -176,13 +177,14 @@ def _levels() -> list[float]:
     return warped_steps(toy.DENOISING_STEPS, toy.SHIFT)
 
 
-def make_pretrained(budget: Budget, seed: int = 0, device: str = "cpu") -> tuple[Any, dict[str, Any]]:
+def make_pretrained(budget: Budget, seed: int = 0, device: str = "cpu",
+                    world: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
     """Stage 1: the bidirectional flow-matching "pretrained video model" on the world's videos, trained on
     ``device`` and returned on the CPU."""
     from streamr1.toy.pretrain import pretrain_denoiser
     from streamr1.toy.text import ToyTextEncoder
 
-    world = build_world()
+    world = build_world(world)
     cond = ToyTextEncoder(dim=toy.TEXT_DIM).encode(world.captions).float()
     torch.manual_seed(seed)
     model = build_pretrained().to(device)
@@ -199,15 +201,15 @@ def make_pretrained(budget: Budget, seed: int = 0, device: str = "cpu") -> tuple
                    "videos": len(world), "parameters": sum(p.numel() for p in model.parameters())}
 
 
-def make_student(budget: Budget, pretrained_path: str | None, seed: int = 0,
-                 device: str = "cpu") -> tuple[Any, dict[str, Any]]:
+def make_student(budget: Budget, pretrained_path: str | None, seed: int = 0, device: str = "cpu",
+                 world: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
     """Stage 2: the causal student from the pretrained weights, teacher-forcing flow matching, then ODE regression
     on the exact teacher's causal guided ODE (the student trains on ``device``; the teacher's ODE runs on the CPU).
     Returns the student, on the CPU, and a summary."""
     from streamr1.toy.ode import make_ode_pairs, train_ode_student
     from streamr1.toy.pretrain import train_causal_flow
 
-    teacher = build_teacher()
+    teacher = build_teacher(world)
     world = teacher.world
     torch.manual_seed(seed)
     student = build_student(pretrained_path).to(device)
@@ -262,28 +264,31 @@ def save_student(student: Any, path: str) -> None:
     save_transformer(student, path, "streamr1.toy.student")
 
 
-def sample_rollouts(student: Any, repeats: int, seed: int) -> tuple[torch.Tensor, list[str]]:
-    """``repeats`` few-step samples of ``student`` per world caption, from noise seeded with ``seed``."""
+def sample_rollouts(student: Any, repeats: int, seed: int,
+                    world: dict[str, Any] | None = None) -> tuple[torch.Tensor, list[str]]:
+    """``repeats`` few-step samples of ``student`` per caption of ``world`` (the recipe's by default), from noise
+    seeded with ``seed``."""
     from streamr1.toy.evaluation import eval_prompts, sample_student
     from streamr1.toy.text import ToyTextEncoder
 
-    prompts = eval_prompts(repeats)
+    prompts = eval_prompts(repeats, build_world(world))
     video = sample_student(student, ToyTextEncoder(dim=toy.TEXT_DIM), prompts, toy.LATENT_SHAPE, _levels(),
                            seed=seed)
     return video, prompts
 
 
-def make_reward(budget: Budget, student: Any, seed: int = 0) -> tuple[Any, dict[str, Any]]:
+def make_reward(budget: Budget, student: Any, seed: int = 0,
+                world: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
     """Stage 3: train the toy reward on the world's renders and the student's rollouts; measure its Spearman
     correlation with the oracle on held-out renders and held-out rollouts."""
     from streamr1.toy.reward import reward_oracle_spearman, rollout_examples, toy_reward, train_toy_reward
 
-    world = build_world()
+    spec, world = world, build_world(world)
     repeats = max(1, budget.reward_rollouts // len(world.train_prompts()))
-    video, prompts = sample_rollouts(student, repeats, seed=seed + 77)
+    video, prompts = sample_rollouts(student, repeats, seed=seed + 77, world=spec)
     rollouts = rollout_examples(video, prompts)
     held_video, held_prompts = sample_rollouts(student, max(1, budget.spearman_renders // len(world.train_prompts())),
-                                               seed=seed + 20_077)
+                                               seed=seed + 20_077, world=spec)
     reward = toy_reward(seed=seed, size=world.size)
     start = time.perf_counter()
     with _bar(budget.reward_iterations, "reward training") as progress:
@@ -303,8 +308,8 @@ def make_reward(budget: Budget, student: Any, seed: int = 0) -> tuple[Any, dict[
     return reward, summary
 
 
-def calibrate_reward(reward: Any, student: Any, budget: Budget,
-                     seed: int = 0) -> tuple[dict[str, Any], dict[str, Any], dict]:
+def calibrate_reward(reward: Any, student: Any, budget: Budget, seed: int = 0,
+                     world: dict[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, Any], dict]:
     """Stage 4: the per-axis statistics of the reward and of the oracle-as-reward
     (:class:`~streamr1.toy.oracle_reward.OracleReward`) over the student's rollouts, and the student's init check."""
     from streamr1.rewards.calibration import calibrate_from_videos
@@ -312,10 +317,10 @@ def calibrate_reward(reward: Any, student: Any, budget: Budget,
     from streamr1.toy.oracle_reward import OracleReward
     from streamr1.toy.text import ToyTextEncoder
 
-    video, prompts = sample_rollouts(student, budget.calibration_repeats, seed=seed + 1)
+    video, prompts = sample_rollouts(student, budget.calibration_repeats, seed=seed + 1, world=world)
     stats = calibrate_from_videos(reward, zip(video, prompts, strict=True), batch_size=64)
     oracle_stats = calibrate_from_videos(OracleReward(), zip(video, prompts, strict=True), batch_size=64)
-    numbers = check_student(student, build_world(), ToyTextEncoder(dim=toy.TEXT_DIM), _levels(),
+    numbers = check_student(student, build_world(world), ToyTextEncoder(dim=toy.TEXT_DIM), _levels(),
                             repeats=budget.calibration_repeats, seed=seed)
     return stats, oracle_stats, numbers
 
@@ -328,12 +333,18 @@ def _override_flags(budget: Budget, budget_name: str) -> str:
 
 
 def make_assets(output: str, budget: Budget, seed: int = 0, stages: Sequence[str] = STAGES,
-                budget_name: str = "default", device: str = "cpu") -> dict:
+                budget_name: str = "default", device: str = "cpu", world: dict[str, Any] | None = None) -> dict:
     """Run the stages and write every file into ``output``; returns the manifest (also ``toy_assets.json``).
 
-    Stages not listed are read from ``output`` (a later stage uses an earlier one's file). ``device``: where stages 1
-    and 2 train (a GPU's numerics differ from the CPU's, so the manifest's command names it)."""
+    Stages not listed are read from ``output`` (a later stage uses an earlier one's file; they must have been made on
+    the same world). ``device``: where stages 1 and 2 train (a GPU's numerics differ from the CPU's, so the manifest's
+    command names it). ``world``: :class:`~streamr1.toy.world.ToyWorld` arguments (the recipe's,
+    :data:`~streamr1.toy.WORLD`, by default; the command names the others with :func:`~streamr1.toy.world_options.
+    world_flags`)."""
     from streamr1.toy.reward import save_compact, toy_reward
+    from streamr1.toy.world_options import world_flags
+
+    world = dict(toy.WORLD if world is None else world)
 
     unknown = set(stages) - set(STAGES)
     if unknown:
@@ -344,27 +355,31 @@ def make_assets(output: str, budget: Budget, seed: int = 0, stages: Sequence[str
     if os.path.isfile(manifest_path):
         with open(manifest_path, encoding="utf-8") as fh:
             manifest = json.load(fh)
+    if tuple(stages) != STAGES and manifest.get("world", world) != world:
+        raise ValueError(f"{manifest_path} says its files were made on the world {manifest['world']}, not on {world}: "
+                         f"remake every stage (leave --stages out) or pass that world's options.")
     manifest.pop("student_seconds", None)
-    manifest.update({"command": "python -m streamr1.toy.assets --output src/streamr1/assets"
+    manifest.update({"command": f"python -m streamr1.toy.assets --output {output}"
                      + ("" if tuple(stages) == STAGES else " --stages " + " ".join(stages))
                      + ("" if budget_name == "default" else f" --budget {budget_name}")
-                     + _override_flags(budget, budget_name) + ("" if device == "cpu" else f" --device {device}"),
-                     "seed": seed, "budget": asdict(budget), "world": dict(toy.WORLD),
+                     + _override_flags(budget, budget_name) + world_flags(world)
+                     + ("" if device == "cpu" else f" --device {device}"),
+                     "seed": seed, "budget": asdict(budget), "world": world,
                      "torch": torch.__version__, "threads": torch.get_num_threads(), "device": device})
     start = time.perf_counter()
     paths = {name: os.path.join(output, f) for name, f in
              (("pretrained", PRETRAINED_FILE), ("student", STUDENT_FILE), ("reward", REWARD_FILE))}
     if "pretrained" in stages:
-        model, manifest["pretrained"] = make_pretrained(budget, seed, device)
+        model, manifest["pretrained"] = make_pretrained(budget, seed, device, world)
         save_transformer(model, paths["pretrained"], "streamr1.toy.pretrained")
     if "student" in stages:
         init = paths["pretrained"] if os.path.isfile(paths["pretrained"]) else None
-        student, manifest["student"] = make_student(budget, init, seed, device)
+        student, manifest["student"] = make_student(budget, init, seed, device, world)
         save_student(student, paths["student"])
     else:
         student = build_student(paths["student"])
     if "reward" in stages:
-        reward, manifest["reward"] = make_reward(budget, student, seed)
+        reward, manifest["reward"] = make_reward(budget, student, seed, world)
         _atomic_write(paths["reward"], lambda tmp: save_compact(reward, tmp))
         _write_json(os.path.join(output, SPEARMAN_FILE),
                     {"spearman_reward_vs_oracle": manifest["reward"]["spearman"],
@@ -375,7 +390,7 @@ def make_assets(output: str, budget: Budget, seed: int = 0, stages: Sequence[str
                              "quality modes uniformly) and held-out few-step samples of the shipped initial student"})
     else:
         reward = toy_reward(paths["reward"])
-    stats, oracle_stats, numbers = calibrate_reward(reward, student, budget, seed)
+    stats, oracle_stats, numbers = calibrate_reward(reward, student, budget, seed, world)
     _write_json(os.path.join(output, STATS_FILE), stats)
     _write_json(os.path.join(output, ORACLE_STATS_FILE), oracle_stats)
     manifest["initial_student"] = numbers
@@ -399,6 +414,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--student-iterations", type=int, help="override the budget's ODE-regression steps")
     parser.add_argument("--reward-iterations", type=int, help="override the budget's reward training steps")
     parser.add_argument("--ode-per-prompt", type=int, help="override the budget's teacher ODE trajectories a caption")
+    parser.add_argument("--calibration-repeats", type=int,
+                        help="override the budget's rollouts a caption for the statistics and the init check (raise it "
+                             "on a world of fewer captions)")
+    from streamr1.toy.world_options import add_world_arguments, world_from_arguments
+
+    add_world_arguments(parser)
     args = parser.parse_args(argv)
     if args.device != "cpu":
         try:
@@ -410,7 +431,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     for name in OVERRIDES:
         if getattr(args, name) is not None:
             setattr(budget, name, getattr(args, name))
-    manifest = make_assets(args.output, budget, args.seed, args.stages, args.budget, args.device)
+    manifest = make_assets(args.output, budget, args.seed, args.stages, args.budget, args.device,
+                           world_from_arguments(args))
     if "reward" in args.stages:
         for key in ("spearman", "spearman_student_rollouts"):
             rho = manifest["reward"][key]

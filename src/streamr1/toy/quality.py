@@ -142,9 +142,12 @@ def plot(agg: dict[str, dict[str, tuple[float, float]]], path: str) -> None:
 
 
 def run_one(stack: str, seed: int, out: str, max_steps: int, prompts: Sequence[str], reward: Any,
-            extra: Sequence[str] = (), world: dict[str, Any] | None = None) -> dict[str, float]:
-    """One row entry: fit ``stack`` with ``seed`` (in-process CLI), then measure the trained student."""
+            extra: Sequence[str] = (), world: dict[str, Any] | None = None,
+            assets: str | None = None) -> dict[str, float]:
+    """One row entry: fit ``stack`` with ``seed`` (in-process CLI; the toy files from ``assets``, a folder made by
+    ``python -m streamr1.toy.assets``, or the shipped ones), then measure the trained student."""
     from streamr1.toy.evaluation import evaluate_videos, sample_videos
+    from streamr1.toy.runs import asset_overrides
     from streamr1.toy.world import ToyWorld
     from streamr1.toy.world_options import world_overrides
 
@@ -152,7 +155,7 @@ def run_one(stack: str, seed: int, out: str, max_steps: int, prompts: Sequence[s
     args = ["--trainer.max_steps", str(max_steps), "--trainer.limit_val_batches", "0",
             "--trainer.enable_checkpointing", "false", "--trainer.enable_progress_bar", "false",
             "--seed_everything", str(seed), "--model.seed", str(seed), "--data.init_args.seed", str(seed),
-            *world_overrides(world), *extra]
+            *world_overrides(world), *asset_overrides(stack, assets), *extra]
     start = time.perf_counter()
     cli = fit(stack, os.path.join(out, "tensorboard"), f"{stack}_s{seed}", args)
     seconds = time.perf_counter() - start
@@ -173,6 +176,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--max-steps", type=int, default=300,
                         help="trainer.max_steps of every run (critic + student optimizer steps)")
     parser.add_argument("--repeats", type=int, default=8, help="evaluation samples per world caption")
+    parser.add_argument("--assets", default=None,
+                        help="a folder made by `python -m streamr1.toy.assets --output DIR` to run on instead of the "
+                             "shipped files; its manifest's world is the default world")
     parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[],
                         help="further `streamr1 fit` arguments for every run (after everything else)")
     from streamr1.toy.world import ToyWorld
@@ -181,7 +187,19 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     add_world_arguments(parser)
     args = parser.parse_args(argv)
     world = world_from_arguments(args)
-    check_assets()
+    if args.assets is None:
+        check_assets()
+    else:
+        from streamr1.toy.runs import asset_paths
+
+        asset_paths(args.assets)  # refuses a folder that lacks a file
+        with open(os.path.join(args.assets, "toy_assets.json"), encoding="utf-8") as fh:
+            made_on = json.load(fh).get("world", toy.WORLD)
+        if world == toy.WORLD:  # no world options given: the world the files were made on
+            world = dict(made_on)
+        elif world != made_on:
+            print(f"[streamr1] note: {args.assets} was made on the world {made_on}; running on {world}: its student "
+                  "starts off this world's distribution.")
     out = os.path.abspath(args.output)
     logs = os.path.abspath(args.logs)
     os.makedirs(out, exist_ok=True)
@@ -189,17 +207,17 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     from tqdm.auto import tqdm
 
-    from streamr1.assets import resolve
-    from streamr1.toy.assets import REWARD_FILE, STUDENT_FILE, build_student
+    from streamr1.toy.assets import build_student
     from streamr1.toy.demo import measure
     from streamr1.toy.evaluation import eval_prompts
     from streamr1.toy.reward import toy_reward
+    from streamr1.toy.runs import asset_paths
 
+    files = asset_paths(args.assets)
     prompts = eval_prompts(args.repeats, ToyWorld(**world))
-    reward = toy_reward(resolve(f"pkg://streamr1/assets/{REWARD_FILE}"))
+    reward = toy_reward(files["reward"])
     start = time.perf_counter()
-    init = measure(build_student(resolve(f"pkg://streamr1/assets/{STUDENT_FILE}")), prompts, EVAL_SEED, reward,
-                   world)
+    init = measure(build_student(files["student"]), prompts, EVAL_SEED, reward, world)
     runs: dict[str, list[dict[str, float]]] = {"init": [init]}
     jobs = [(stack, seed) for stack in args.stacks for seed in args.seeds]
     bar = tqdm(jobs, desc="quality table runs", dynamic_ncols=True)
@@ -211,7 +229,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 numbers = json.load(fh)
         else:
             torch.manual_seed(seed)
-            numbers = run_one(stack, seed, logs, args.max_steps, prompts, reward, args.extra, world)
+            numbers = run_one(stack, seed, logs, args.max_steps, prompts, reward, args.extra, world, args.assets)
             with open(path, "w", encoding="utf-8") as fh:
                 json.dump(numbers, fh, indent=2)
         runs.setdefault(stack, []).append(numbers)
@@ -227,7 +245,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "threads": sorted({int(r.get("threads", torch.get_num_threads())) for rows in runs.values() for r in rows
                                 if "fit_seconds" in r}),
             "fit_minutes": sum(r.get("fit_seconds", 0.0) for rows in runs.values() for r in rows) / 60,
-            "world": world, "eval_seed": EVAL_SEED}
+            "world": world, "eval_seed": EVAL_SEED, "assets": args.assets or "shipped"}
     with open(os.path.join(out, "quality.md"), "w", encoding="utf-8") as fh:
         fh.write(table_markdown(agg, info))
     with open(os.path.join(out, "quality.json"), "w", encoding="utf-8") as fh:

@@ -50,6 +50,40 @@ def check_assets() -> None:
                                 "--budget long).")
 
 
+def asset_paths(folder: str | None) -> dict[str, str]:
+    """The toy files a run reads, by role (``student``, ``pretrained``, ``reward``, ``stats``, ``oracle_stats``): from
+    ``folder`` (made by ``python -m streamr1.toy.assets --output folder``), or the shipped ones when ``None``. Refuses
+    a folder that lacks one, naming it and the command that makes it."""
+    from streamr1.toy.assets import ORACLE_STATS_FILE, PRETRAINED_FILE, REWARD_FILE, STATS_FILE, STUDENT_FILE
+
+    names = {"student": STUDENT_FILE, "pretrained": PRETRAINED_FILE, "reward": REWARD_FILE, "stats": STATS_FILE,
+             "oracle_stats": ORACLE_STATS_FILE}
+    if folder is None:
+        return {role: resolve(f"pkg://streamr1/assets/{name}") for role, name in names.items()}
+    paths = {role: os.path.join(folder, name) for role, name in names.items()}
+    missing = sorted(name for role, name in names.items() if not os.path.isfile(paths[role]))
+    if missing:
+        raise FileNotFoundError(f"{folder} lacks the toy files {missing}: make them with `python -m "
+                                f"streamr1.toy.assets --output {folder}` (with the budget and world options you want).")
+    return paths
+
+
+def asset_overrides(stack: str | None, folder: str | None) -> list[str]:
+    """``streamr1 fit`` arguments that make a toy run of ``stack`` read its student, critic, reward and statistics
+    from ``folder`` instead of the shipped files (none when ``folder`` is ``None``)."""
+    if folder is None:
+        return []
+    paths = asset_paths(folder)
+    out = ["--model.student.init_args.pretrained", paths["student"],
+           "--model.critic.init_args.pretrained", paths["pretrained"]]
+    fragment = reward_fragment(stack)
+    if fragment is not None and fragment.endswith("/toy.yaml"):
+        out += ["--reward.model.init_args.state_path", paths["reward"], "--reward.normalization", paths["stats"]]
+    elif fragment is not None:  # the oracle as the reward: only its statistics are files
+        out += ["--reward.normalization", paths["oracle_stats"]]
+    return out
+
+
 def reward_fragment(stack: str | None) -> str | None:
     """The reward fragment a toy run of ``stack`` layers (``configs/rewards/toy.yaml``; the oracle's for
     ``oracle_reliability``), or ``None`` when the stack weights by no reward (``dmd``, the recipe alone)."""

@@ -41,6 +41,25 @@ def world_from_arguments(args: Any) -> dict[str, Any]:
     return world
 
 
+def world_flags(world: dict[str, Any]) -> str:
+    """`` --num-captions 4 --shape-radius 0.22``: the :func:`add_world_arguments` options that make ``world`` from the
+    recipe's (empty for the recipe's own world), so a command line can name the world it ran on."""
+    names = {"num_captions": "num-captions", "videos_per_caption": "videos-per-caption",
+             "good_per_caption": "good-per-caption", "seed": "world-seed", "starts_per_caption": "starts-per-caption",
+             "shape_radius": "shape-radius", "travel_scale": "travel-scale"}
+    unknown = set(world) - set(names) - {"size"}
+    if unknown or world.get("size", toy.WORLD["size"]) != toy.WORLD["size"]:
+        raise ValueError(f"No command-line option makes the world keys {sorted(unknown) or ['size']} of {world}.")
+    out = ""
+    for key, flag in names.items():
+        value, default = world.get(key, WORLD_DEFAULTS.get(key)), toy.WORLD.get(key, WORLD_DEFAULTS.get(key))
+        if value != default:
+            if value is None:
+                raise ValueError(f"No command-line option sets {key} back to null (the recipe's is {default}).")
+            out += f" --{flag} {value}"
+    return out
+
+
 def world_overrides(world: dict[str, Any]) -> list[str]:
     """``streamr1 fit`` arguments that put the recipe's teacher, evaluator and prompts on ``world`` (exact-layout
     :class:`~streamr1.toy.world.ToyWorld` arguments); none for the recipe's own world. The shipped student and critic
