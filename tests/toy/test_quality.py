@@ -54,3 +54,23 @@ def test_quality_table_and_demo_run_end_to_end(tmp_path, monkeypatch):
     started = time.time()
     again = demo.main(["--output", str(tmp_path / "demo"), "--max-steps", "2", "--repeats", "1"])
     assert again["checkpoint"] != report["checkpoint"] and os.path.getmtime(again["checkpoint"]) >= started - 1
+
+
+def test_asset_overrides_point_each_stack_at_the_folder(tmp_path):
+    from streamr1.toy import assets
+    from streamr1.toy.runs import asset_overrides, asset_paths
+
+    with pytest.raises(FileNotFoundError, match="lacks the toy files"):
+        asset_paths(str(tmp_path))
+    for name in (assets.STUDENT_FILE, assets.PRETRAINED_FILE, assets.REWARD_FILE, assets.STATS_FILE,
+                 assets.ORACLE_STATS_FILE):
+        (tmp_path / name).write_bytes(b"")
+    base = ["--model.student.init_args.pretrained", str(tmp_path / assets.STUDENT_FILE),
+            "--model.critic.init_args.pretrained", str(tmp_path / assets.PRETRAINED_FILE)]
+    assert asset_overrides("dmd", None) == []
+    assert asset_overrides("dmd", str(tmp_path)) == base  # no reward in plain DMD
+    assert asset_overrides("stream_r1", str(tmp_path)) == base + [
+        "--reward.model.init_args.state_path", str(tmp_path / assets.REWARD_FILE),
+        "--reward.normalization", str(tmp_path / assets.STATS_FILE)]
+    assert asset_overrides("oracle_reliability", str(tmp_path)) == base + [
+        "--reward.normalization", str(tmp_path / assets.ORACLE_STATS_FILE)]

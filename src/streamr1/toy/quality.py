@@ -193,7 +193,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         from streamr1.toy.runs import asset_paths
 
         asset_paths(args.assets)  # refuses a folder that lacks a file
-        with open(os.path.join(args.assets, "toy_assets.json"), encoding="utf-8") as fh:
+        manifest = os.path.join(args.assets, "toy_assets.json")
+        if not os.path.isfile(manifest):
+            raise FileNotFoundError(f"{manifest} is missing: --assets takes a folder made by `python -m "
+                                    f"streamr1.toy.assets --output {args.assets}`, which records the world it used.")
+        with open(manifest, encoding="utf-8") as fh:
             made_on = json.load(fh).get("world", toy.WORLD)
         if world == toy.WORLD:  # no world options given: the world the files were made on
             world = dict(made_on)
