@@ -51,7 +51,8 @@ def test_the_recipe_world_has_the_fixed_mix_of_modes_per_caption():
     assert int(w.good_mask().sum()) == n * good
     # renders are reproducible from the recorded seeds
     i = 5
-    assert torch.equal(w.videos[i], render(w.attributes[i], w.modes[i], w.seeds[i], w.frames, w.size))
+    assert torch.equal(w.videos[i], render(w.attributes[i], w.modes[i], w.seeds[i], w.frames, w.size, w.shape_radius,
+                                          w.travel_scale))
 
 
 def test_teacher_restricts_each_exact_caption_to_its_own_videos():

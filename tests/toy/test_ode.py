@@ -245,9 +245,9 @@ def test_world_flags_name_the_world_they_make():
     from streamr1.toy.world_options import add_world_arguments, world_flags, world_from_arguments
 
     assert world_flags(dict(toy.WORLD)) == ""
-    other = {**toy.WORLD, "num_captions": 4, "shape_radius": 0.22, "starts_per_caption": 2}
+    other = {**toy.WORLD, "num_captions": 6, "shape_radius": 0.18, "starts_per_caption": 2}
     flags = world_flags(other)
-    assert flags == " --num-captions 4 --starts-per-caption 2 --shape-radius 0.22"
+    assert flags == " --num-captions 6 --starts-per-caption 2 --shape-radius 0.18"
     parser = argparse.ArgumentParser()
     add_world_arguments(parser)
     assert world_from_arguments(parser.parse_args(flags.split())) == other  # the flags remake the world
@@ -259,7 +259,7 @@ def test_partial_asset_build_refuses_files_made_on_another_world(tmp_path):
     from streamr1 import toy
     from streamr1.toy import assets
 
-    made_on = {**toy.WORLD, "num_captions": 4}
+    made_on = {**toy.WORLD, "num_captions": toy.WORLD["num_captions"] + 2}
     (tmp_path / assets.MANIFEST_FILE).write_text(json.dumps({"world": made_on}))
     with pytest.raises(ValueError, match="remake every stage"):
         assets.make_assets(str(tmp_path), assets.BUDGETS["tiny"], stages=["reward"], budget_name="tiny")

@@ -97,9 +97,9 @@ class Budget:
 
 BUDGETS: dict[str, Budget] = {
     "default": Budget(),
-    "long": Budget(pretrain_iterations=3000, causal_iterations=600, ode_per_prompt=24, ode_steps=32,
+    "long": Budget(pretrain_iterations=1500, causal_iterations=600, ode_per_prompt=24, ode_steps=32,
                    student_iterations=600, reward_iterations=1200, reward_pool=3072, reward_rollouts=1024,
-                   spearman_renders=512, calibration_repeats=8),
+                   spearman_renders=512, calibration_repeats=32),
     "tiny": Budget(pretrain_iterations=2, pretrain_batch=4, causal_iterations=2, ode_per_prompt=1, ode_steps=4,
                    student_iterations=2, student_batch=4, reward_iterations=2, reward_batch=4, reward_pool=16,
                    reward_rollouts=8, spearman_renders=16, calibration_repeats=1),

@@ -115,7 +115,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="python -m streamr1.toy.init_check", description=__doc__.split("\n\n")[0])
     parser.add_argument("--student", default="pkg://streamr1/assets/toy_student.safetensors",
                         help="student weights (the recipe's architecture); 'random' for an untrained one")
-    parser.add_argument("--repeats", type=int, default=4, help="samples per world caption")
+    parser.add_argument("--repeats", type=int, default=32, help="samples per world caption")
     parser.add_argument("--error-videos", type=int, default=64, help="world videos for the denoising errors")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")

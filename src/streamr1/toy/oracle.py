@@ -48,10 +48,12 @@ FIDELITY_REF = 0.3
 """Distance of the foreground colour to the palette above which VQ is penalised (clean renders: below 0.06, below
 0.21 after an H.264 round trip; a 70/30 ghost: about 0.5)."""
 FIDELITY_SCALE = 0.25
-OPACITY_REF = 0.3
+OPACITY_REF = 0.45
 """Opaque share of the shape below which VQ is penalised: pixels at least ``OPAQUE_ALPHA`` opaque over the shape's
-total opacity (clean renders: 0.43-0.8 at size 16, 0.67-0.9 at size 32, triangles lowest; a 50/50 or 70/30 blend of
-two displaced renders of one caption - a ghost whose copies overlap little: 0-0.2)."""
+total opacity. Clean renders: 0.48-0.9 (the smallest shapes at size 16 lowest; the recipe's world 0.68-0.9). A
+50/50 or 70/30 blend of two displaced copies of one shape keeps only the copies' overlap opaque, a share that depends
+on the displacement over the radius: about 0.3 one radius apart, 0.0-0.2 two radii apart. Was 0.3, set for shapes of
+radius 0.14; the recipe's radius-0.22 shapes passed half of the ghosts whose copies are 1.15 radii apart."""
 OPACITY_SCALE = 0.1
 OPAQUE_ALPHA = 0.75
 FG_THRESHOLD = 0.25

@@ -167,7 +167,7 @@ def table_markdown(per_seed: list[dict[str, dict[str, float]]], info: dict[str, 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="python -m streamr1.toy.tilt", description=__doc__.split("\n\n")[0])
     parser.add_argument("--output", default="results", help="folder for tilt.md and tilt.json")
-    parser.add_argument("--repeats", type=int, default=8, help="rollouts per world caption a seed")
+    parser.add_argument("--repeats", type=int, default=32, help="rollouts per world caption a seed")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--reward", default="pkg://streamr1/assets/toy_reward.pt", help="the toy reward's file")
     from streamr1.toy.world_options import add_world_arguments, world_from_arguments
