@@ -100,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--stack", default="stream_r1", help="callback stack from callbacks/ (file stem)")
     parser.add_argument("--max-steps", type=int, default=300,
                         help="trainer.max_steps: critic + student optimizer steps (300 = 250 critic + 50 student)")
-    parser.add_argument("--repeats", type=int, default=32, help="evaluation samples per world caption")
+    parser.add_argument("--repeats", type=int, default=64, help="evaluation samples per world caption")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     check_assets()

@@ -175,7 +175,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--max-steps", type=int, default=600,
                         help="trainer.max_steps of every run (critic + student optimizer steps)")
-    parser.add_argument("--repeats", type=int, default=16, help="evaluation samples per world caption")
+    parser.add_argument("--repeats", type=int, default=64, help="evaluation samples per world caption")
     parser.add_argument("--assets", default=None,
                         help="a folder made by `python -m streamr1.toy.assets --output DIR` to run on instead of the "
                              "shipped files; its manifest's world is the default world")
