@@ -7,7 +7,7 @@ teacher, the weighted objective's target is the teacher's distribution *tilted* 
 reweighted student is pushed. This measures that share directly, separately from how well a student can be trained:
 
 1. Rollouts: the exact teacher (:class:`~streamr1.toy.teacher.MixtureTeacher`, ``g_s = 3``) run through the student's
-   causal few-step sampler (:func:`~streamr1.toy.ode.causal_teacher_sampler`: 4 chunks, the recipe's levels
+   causal few-step sampler (:func:`~streamr1.toy.ode.causal_teacher_sampler`: the recipe's chunks, the recipe's levels
    ``[1000, 750, 500, 250]`` warped by :data:`~streamr1.toy.SHIFT`), ``repeats`` samples per world caption, one
    set per seed. About the world's good proportion land in good modes, the rest in the visual, motion and text
    flaws. The world is the recipe's by default; ``--num-captions``, ``--videos-per-caption``,
