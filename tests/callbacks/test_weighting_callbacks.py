@@ -130,6 +130,23 @@ def test_reliability_nonfinite_fallback_counter_and_state():
     assert fresh.nonfinite_fallback == 2 and fresh.rollouts_weighted == 4
 
 
+def test_reliability_logs_kish_effective_sample_size():
+    # MQ = (0.5, 2.0): w = (e^1, e^4); ESS = (e + e^4)^2 / (2 (e^2 + e^8)) = 57.3164^2 / 5976.70 = 0.54967
+    ctx = run(make_trainer([FakeService(make_result(NORM)), ReliabilityWeighting(reward_mode="MQ")]), make_ctx())
+    assert ctx.logs["weights/inter_ess"] == pytest.approx(0.54967, abs=1e-4)
+    # equal weights: ESS 1; self-normalisation does not change it (scale-free)
+    equal = {"VQ": [0.3, 0.3], "MQ": [0.3, 0.3], "TA": [0.3, 0.3]}
+    ctx = run(make_trainer([FakeService(make_result(equal)), ReliabilityWeighting(reward_mode="VQ")]), make_ctx())
+    assert ctx.logs["weights/inter_ess"] == pytest.approx(1.0, abs=1e-6)
+    ctx = run(make_trainer([FakeService(make_result(NORM)), ReliabilityWeighting(reward_mode="MQ",
+                                                                                 self_normalize=True)]), make_ctx())
+    assert ctx.logs["weights/inter_ess"] == pytest.approx(0.54967, abs=1e-4)
+    # a fallback sample (weight 1, not a reward) is left out: one valid weight is an ESS of 1
+    ctx = run(make_trainer([FakeService(make_result(NORM, valid=[True, False])),
+                            ReliabilityWeighting(reward_mode="MQ")]), make_ctx())
+    assert ctx.logs["weights/inter_ess"] == pytest.approx(1.0, abs=1e-6)
+
+
 def test_reliability_clip_and_self_normalize():
     norm = {"VQ": [0.0, 0.0, 0.0], "MQ": [0.0, 0.5, -1.0], "TA": [0.0, 0.0, 0.0]}
     cb = ReliabilityWeighting(reward_mode="MQ", clip=[0.5, 2.0], self_normalize=True)

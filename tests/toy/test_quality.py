@@ -47,6 +47,8 @@ def test_quality_table_and_demo_run_end_to_end(tmp_path, monkeypatch):
         assert (tmp_path / "results" / name).stat().st_size > 0
     data = json.loads((tmp_path / "results" / "quality.json").read_text())
     assert len(data["runs"]["dmd"]) == 2 and data["info"]["seeds"] == [0, 1]
+    # the batch is read from each run (the recipe's 4), not assumed
+    assert {r["batch_size"] for r in data["runs"]["dmd"]} == {4.0} and data["info"]["batch_size"] == "4"
     report = demo.main(["--output", str(tmp_path / "demo"), "--max-steps", "2", "--repeats", "1"])
     assert report["student_steps"] == 1 and len(report["mp4s"]) == 48
     assert (tmp_path / "demo" / "report.md").read_text().startswith("# Stream-R1 on the toy world")

@@ -34,6 +34,10 @@ class ReliabilityWeighting(Callback):
         log_histogram_every_n_steps: put the histogram ``weights/inter`` in the logs every this many student
             steps (0: never).
 
+    Logs ``weights/inter_{mean,min,max}`` (this rank's batch), ``weights/inter_ess`` (Kish's effective sample size
+    of the global batch as a fraction, ``(sum w)^2 / (n sum w^2)``: 0.5 means the weighted gradient averages about
+    half as many rollouts as plain DMD's) and ``weights/nonfinite_fallback``.
+
     Example::
 
         trainer:
@@ -130,8 +134,9 @@ class ReliabilityWeighting(Callback):
             raise ValueError(f"compute_weight must return [B] = [{ctx.batch_size}], got {tuple(w.shape)}.")
         valid = result.valid.to(w.device).bool() & torch.isfinite(w)
         w = torch.where(valid, w, torch.ones_like(w))
-        # One collective a call on every rank: [sum of valid weights, valid count, fallback count].
-        stats = torch.stack([(w * valid).sum(), valid.sum().float(), (~valid).sum().float()]).double()
+        # One collective a call on every rank: [sum of valid weights, valid count, fallback count, sum of squares].
+        stats = torch.stack([(w * valid).sum(), valid.sum().float(), (~valid).sum().float(),
+                             (w * w * valid).sum()]).double()
         stats = global_sum(trainer, pl_module, stats)
         if self.self_normalize and stats[1] > 0:
             # reliability_weight's self-normalisation, with the mean taken over the global batch's valid samples
@@ -145,6 +150,10 @@ class ReliabilityWeighting(Callback):
         ctx.logs["weights/inter_min"] = w.min()
         ctx.logs["weights/inter_max"] = w.max()
         ctx.logs["weights/nonfinite_fallback"] = float(self.nonfinite_fallback)
+        if stats[1] > 0 and stats[3] > 0:
+            # Kish's effective sample size of the global batch's valid weights, as a fraction of them:
+            # (sum w)^2 / (n sum w^2), 1 when all weights are equal (scale-free, so self-normalisation leaves it).
+            ctx.logs["weights/inter_ess"] = float(stats[0] ** 2 / (stats[1] * stats[3]))
         n = self.log_histogram_every_n_steps
         if n > 0 and ctx.student_step % n == 0:
             ctx.logs["weights/inter"] = w.clone()

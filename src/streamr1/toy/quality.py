@@ -163,7 +163,8 @@ def run_one(stack: str, seed: int, out: str, max_steps: int, prompts: Sequence[s
     numbers = evaluate_videos(video, prompts, ToyWorld(**world), reward)
     numbers.update({"fit_seconds": seconds, "threads": float(torch.get_num_threads()),
                     "student_steps": float(cli.model.student_steps),
-                    "critic_steps": float(cli.model.critic_steps)})
+                    "critic_steps": float(cli.model.critic_steps),
+                    "batch_size": float(cli.datamodule.batch_size)})
     return numbers
 
 
@@ -240,11 +241,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     bar.close()
     agg = aggregate(runs)
     first = runs[args.stacks[0]][0]
-    dm_batch = 4
+    # the batch of the runs (recorded since the sixth round; earlier cached runs used the recipe's, 4)
+    batches = sorted({int(r.get("batch_size", 4)) for rows in runs.values() for r in rows if "fit_seconds" in r})
     info = {"command": "streamr1 fit --config configs/quickstart.yaml --config callbacks/<stack>.yaml "
                        f"--trainer.max_steps {args.max_steps} --seed_everything <seed>",
             "seeds": args.seeds, "max_steps": args.max_steps, "critic_steps": int(first["critic_steps"]),
-            "student_steps": int(first["student_steps"]), "batch_size": dm_batch, "samples": len(prompts),
+            "student_steps": int(first["student_steps"]), "batch_size": "/".join(map(str, batches)),
+            "samples": len(prompts),
             "repeats": args.repeats, "seconds": time.perf_counter() - start,
             "threads": sorted({int(r.get("threads", torch.get_num_threads())) for rows in runs.values() for r in rows
                                 if "fit_seconds" in r}),

@@ -1,10 +1,14 @@
 """``python -m streamr1.toy.tilt --output results`` (part of ``make bench-quality``): do the weights favour good modes?
 
 Stream-R1 (arXiv 2605.03849) claims that weighting each rollout's DMD loss by ``W_inter = exp(beta r_final)``
-(SPEC.md §4.2) moves the student toward the teacher's high-quality modes. With a student that samples like the
-teacher, the weighted objective's target is the teacher's distribution *tilted* by the weight,
-``q(x) ∝ p(x) W(x)``, so the share of weight each quality mode receives on the teacher's own rollouts is where the
-reweighted student is pushed. This measures that share directly, separately from how well a student can be trained:
+(SPEC.md §4.2) moves the student toward the teacher's high-quality modes. This measures how the weight is shared
+among quality modes on rollouts that do reach modes - which modes the weighted DMD gradient draws on - separately
+from how well a student can be trained. What the shares are *not*: the distribution weighted DMD converges to. The
+weighted gradient is ``E_q[W(x) (s_fake(x) - s_real(x)) dx/dtheta]`` with ``W`` detached and the critic trained on
+unweighted rollouts, so when the critic tracks the student (``s_fake = s_q``) and the teacher is exact, ``q = p``
+zeroes every term whatever ``W > 0`` is: the teacher's own mixture stays a fixed point. Weighting changes which
+rollouts the gradient corrects first and how many it effectively averages (the effective sample size below), and
+it helps when the teacher's guidance is least reliable on the rollouts it down-weights (the paper's premise).
 
 1. Rollouts: the exact teacher (:class:`~streamr1.toy.teacher.MixtureTeacher`, ``g_s = 3``) run through the student's
    causal few-step sampler (:func:`~streamr1.toy.ode.causal_teacher_sampler`: the recipe's chunks, the recipe's levels
