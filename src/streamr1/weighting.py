@@ -128,6 +128,17 @@ def mean_normalize(w: Tensor, mean: Tensor | float | None = None) -> Tensor:
 
 # ---------------------------------------------------------------------------------------------- §4.3.3 fusion
 @torch.no_grad()
+def effective_sample_size(sum_w: float, sum_w2: float, n: float) -> float:
+    """Kish's effective sample size as a fraction of the ``n`` weights: ``(sum w)^2 / (n sum w^2)``.
+
+    1 when all weights are equal, ``1 / n`` when one weight carries everything; scale-free, so self-normalisation
+    leaves it unchanged. Takes the sums (not the weights) so a caller can all-reduce them first.
+    """
+    if n <= 0 or sum_w2 <= 0:
+        raise ValueError(f"effective_sample_size needs n > 0 and sum w^2 > 0, got n={n}, sum w^2={sum_w2}.")
+    return float(sum_w) ** 2 / (float(n) * float(sum_w2))
+
+
 def fusion_weights(r: Tensor, mode: FusionMode = "adaptive", temperature: float = 1.0) -> Tensor | None:
     """Per-sample weights of the reward axes in the saliency fusion (SPEC §4.3.3).
 

@@ -9,6 +9,7 @@ from streamr1.losses import dmd_loss
 from streamr1.weighting import (
     axis_drifts,
     balance_penalty,
+    effective_sample_size,
     factorized_weights,
     final_reward,
     fuse_saliency,
@@ -21,6 +22,15 @@ from streamr1.weighting import (
 )
 
 # ----------------------------------------------------------------------------------------------- §4.2
+
+
+def test_effective_sample_size_is_kish():
+    # w = (1, 1, 2): (4)^2 / (3 * 6) = 16 / 18
+    assert effective_sample_size(4.0, 6.0, 3) == pytest.approx(16 / 18)
+    assert effective_sample_size(5.0, 5.0, 5) == pytest.approx(1.0)      # equal weights
+    assert effective_sample_size(3.0, 9.0, 4) == pytest.approx(0.25)     # one weight of 3, three of 0: 1/n
+    with pytest.raises(ValueError, match="n > 0"):
+        effective_sample_size(0.0, 0.0, 2)
 
 
 def test_reliability_weight_exp_beta_r():

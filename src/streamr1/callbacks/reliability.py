@@ -13,7 +13,14 @@ from typing_extensions import override
 
 from streamr1.context import RolloutContext, global_sum, reward_result
 from streamr1.rewards.result import RewardResult
-from streamr1.weighting import REWARD_MODES, RewardMode, final_reward, mean_normalize, reliability_weight
+from streamr1.weighting import (
+    REWARD_MODES,
+    RewardMode,
+    effective_sample_size,
+    final_reward,
+    mean_normalize,
+    reliability_weight,
+)
 
 
 class ReliabilityWeighting(Callback):
@@ -151,9 +158,8 @@ class ReliabilityWeighting(Callback):
         ctx.logs["weights/inter_max"] = w.max()
         ctx.logs["weights/nonfinite_fallback"] = float(self.nonfinite_fallback)
         if stats[1] > 0 and stats[3] > 0:
-            # Kish's effective sample size of the global batch's valid weights, as a fraction of them:
-            # (sum w)^2 / (n sum w^2), 1 when all weights are equal (scale-free, so self-normalisation leaves it).
-            ctx.logs["weights/inter_ess"] = float(stats[0] ** 2 / (stats[1] * stats[3]))
+            # of the global batch's valid weights (fallback samples carry no reward)
+            ctx.logs["weights/inter_ess"] = effective_sample_size(float(stats[0]), float(stats[3]), float(stats[1]))
         n = self.log_histogram_every_n_steps
         if n > 0 and ctx.student_step % n == 0:
             ctx.logs["weights/inter"] = w.clone()

@@ -44,6 +44,7 @@ from torch import Tensor
 
 from streamr1 import toy
 from streamr1.toy.world import MODES
+from streamr1.weighting import effective_sample_size
 
 ROWS: dict[str, tuple[str, str | None, str | None]] = {
     "dmd": ("plain DMD (W = 1): the teacher's own mixture", None, None),
@@ -103,7 +104,7 @@ def weight_shares(weights: Tensor, modes: Sequence[str]) -> dict[str, float]:
         raise ValueError("weight_shares needs finite, non-negative weights with a positive sum.")
     total = float(w.sum())
     out = {f"share_{m}": float(w[torch.tensor([mi == m for mi in modes])].sum()) / total for m in MODES}
-    out["ess"] = total**2 / (w.numel() * float((w * w).sum()))
+    out["ess"] = effective_sample_size(total, float((w * w).sum()), w.numel())
     return out
 
 
